@@ -1,0 +1,1 @@
+"""Compiled contract artifacts (ABI + bytecode JSON), loaded by name through chain.abi."""

@@ -1,0 +1,1 @@
+"""Litestar read/write API and websocket feed (built in the API issues)."""

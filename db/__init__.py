@@ -1,0 +1,1 @@
+"""Postgres schema (SQLAlchemy Core metadata), migrations and queries."""

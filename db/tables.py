@@ -1,0 +1,220 @@
+"""The schema's source of truth: SQLAlchemy Core metadata (Alembic migrations follow it).
+
+Storage choices (documented for analytics in docs/schema.md):
+- addresses and hashes are `bytea` of their raw bytes (20 and 32), half the size of hex text
+  and compared byte-wise; `encode(col, 'hex')` shows them, `'\\x…'::bytea` filters on them;
+- token ids are `numeric(78,0)`: every uint256 fits;
+- only canonical rows live in `transfers` and `nfts`: a reorg deletes orphaned ones.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+# Deterministic constraint names, so migrations can name what they drop.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ALBUM_STATUSES = ("draft", "minting", "minted", "failed")
+CONTRACT_KINDS = ("album", "erc721")
+MINT_STATUSES = ("queued", "submitted", "mined", "confirmed", "finalized", "failed")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _address(name: str, *, nullable: bool = False) -> Column[bytes]:
+    return Column(name, LargeBinary, nullable=nullable)
+
+
+def _created_at() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def _updated_at() -> Column[object]:
+    return Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+artists = Table(
+    "artists",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("name", Text, nullable=False),
+    _address("wallet", nullable=True),
+    _created_at(),
+    CheckConstraint("char_length(name) BETWEEN 1 AND 200", name="name_length"),
+    CheckConstraint("wallet IS NULL OR octet_length(wallet) = 20", name="wallet_20_bytes"),
+    Index(None, "wallet"),
+)
+
+albums = Table(
+    "albums",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("artist_id", UUID(as_uuid=True), ForeignKey("artists.id"), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("status", Text, nullable=False, server_default="draft"),
+    _created_at(),
+    _updated_at(),
+    CheckConstraint(_in("status", ALBUM_STATUSES), name="status_known"),
+    CheckConstraint("char_length(title) BETWEEN 1 AND 300", name="title_length"),
+    # Keyset pagination: newest first, id breaks ties.
+    Index(None, "created_at", "id"),
+    Index(None, "artist_id", "created_at", "id"),
+)
+
+tracks = Table(
+    "tracks",
+    metadata,
+    Column("album_id", UUID(as_uuid=True), ForeignKey("albums.id", ondelete="CASCADE")),
+    Column("position", Integer, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("duration_s", Integer, nullable=True),
+    Column("isrc", Text, nullable=True),
+    PrimaryKeyConstraint("album_id", "position"),
+    CheckConstraint("position >= 1", name="position_positive"),
+    CheckConstraint("duration_s IS NULL OR duration_s >= 0", name="duration_non_negative"),
+    CheckConstraint("isrc IS NULL OR isrc ~ '^[A-Z]{2}[A-Z0-9]{3}[0-9]{7}$'", name="isrc_format"),
+)
+
+contracts = Table(
+    "contracts",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    _address("address"),
+    Column("kind", Text, nullable=False),
+    Column("start_block", BigInteger, nullable=False, server_default="0"),
+    _created_at(),
+    PrimaryKeyConstraint("chain_id", "address"),
+    CheckConstraint(_in("kind", CONTRACT_KINDS), name="kind_known"),
+    CheckConstraint("octet_length(address) = 20", name="address_20_bytes"),
+)
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    Column("number", BigInteger, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("parent_hash", LargeBinary, nullable=False),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("chain_id", "number"),
+    UniqueConstraint("chain_id", "hash"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("chain_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", LargeBinary, nullable=False),
+    _updated_at(),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    _address("contract"),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", LargeBinary, nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("tx_hash", LargeBinary, nullable=False),
+    _address("from_address"),
+    _address("to_address"),
+    Column("token_id", Numeric(78, 0), nullable=False),
+    PrimaryKeyConstraint("chain_id", "block_number", "log_index"),
+    # History of one token, newest first; also "state at block N" for one token.
+    Index(None, "chain_id", "contract", "token_id", "block_number", "log_index"),
+    # Activity of an address (either side), and of a contract.
+    Index(None, "chain_id", "from_address", "block_number", "log_index"),
+    Index(None, "chain_id", "to_address", "block_number", "log_index"),
+    Index(None, "chain_id", "contract", "block_number", "log_index"),
+)
+
+nfts = Table(
+    "nfts",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    _address("contract"),
+    Column("token_id", Numeric(78, 0), nullable=False),
+    _address("owner"),
+    Column("album_id", UUID(as_uuid=True), nullable=True),
+    Column("token_uri", Text, nullable=True),
+    Column("minted_block", BigInteger, nullable=False),
+    Column("minted_tx", LargeBinary, nullable=False),
+    Column("updated_block", BigInteger, nullable=False),
+    PrimaryKeyConstraint("chain_id", "contract", "token_id"),
+    # NFTs of an owner; holders of a contract (grouped by owner).
+    Index(None, "chain_id", "owner", "contract", "token_id"),
+    Index(None, "chain_id", "contract", "owner"),
+    Index(None, "album_id"),
+)
+
+mint_requests = Table(
+    "mint_requests",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("album_id", UUID(as_uuid=True), ForeignKey("albums.id"), nullable=False),
+    Column("requester", Text, nullable=False),
+    _address("to_address"),
+    Column("token_uri", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=True),
+    Column("status", Text, nullable=False, server_default="queued"),
+    Column("nonce", BigInteger, nullable=True),
+    Column("tx_hash", LargeBinary, nullable=True),
+    Column("block_number", BigInteger, nullable=True),
+    Column("block_hash", LargeBinary, nullable=True),
+    Column("token_id", Numeric(78, 0), nullable=True),
+    Column("error", Text, nullable=True),
+    _created_at(),
+    _updated_at(),
+    CheckConstraint(_in("status", MINT_STATUSES), name="status_known"),
+    UniqueConstraint("requester", "idempotency_key"),
+    # The minter's queue scan: oldest queued first; and open requests by status.
+    Index(None, "status", "created_at"),
+    Index(None, "album_id"),
+    Index(None, "tx_hash"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", BigInteger, Identity(always=True), primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    _created_at(),
+)
+
+# The advisory-lock id every outbox writer takes (pg_advisory_xact_lock) so that seqs become
+# visible in order: DESIGN.md, Schema.
+OUTBOX_LOCK_ID = 0x44_69_73_63_6F_01  # "Disco" + 1

@@ -1,0 +1,175 @@
+"""The `discograph` command: `dev`, `migrate`, `deploy` (more join as their issues land)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+from eth_utils.address import to_checksum_address
+
+from chain.album import deploy_album_nft
+from chain.errors import ChainError
+from chain.rpc import RpcClient, to_int
+from chain.signer import Signer
+from db.contracts import record_contract
+from db.engine import create_pool, ensure_database, migrate
+from discograph import __version__
+from discograph.errors import ConfigError, DiscographError
+from discograph.logs import configure_logging
+from discograph.settings import Settings, load_settings, redact_url
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every `finally` and context manager stops its children.
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """The configured database, or the embedded dev one (started for the command's duration)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from discograph.devstack import DEV_DATABASE
+    from discograph.embedded import start_postgres
+
+    postgres = start_postgres(Path(settings.data_dir) / "postgres")
+    try:
+        yield postgres.dsn(DEV_DATABASE)
+    finally:
+        postgres.stop()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    with _database(settings) as dsn:
+
+        async def run() -> None:
+            await ensure_database(dsn)
+            await migrate(dsn, args.revision)
+
+        asyncio.run(run())
+        print(f"migrated {redact_url(dsn)} to {args.revision}")
+    return 0
+
+
+def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.rpc_url:
+        raise ConfigError("RPC_URL is not set (`discograph dev` starts a local chain for you)")
+    key = settings.minter_key()
+    if key is None:
+        raise ConfigError("MINTER_PRIVATE_KEY or MINTER_KEY_FILE is needed to deploy")
+    signer = Signer(key.reveal())
+
+    async def run(dsn: str) -> str:
+        async with RpcClient(settings.rpc_url[0]) as rpc:
+            chain_id = to_int(await rpc.call("eth_chainId"))
+            if settings.chain_id is not None and settings.chain_id != chain_id:
+                raise ConfigError(f"CHAIN_ID is {settings.chain_id} but the node is on {chain_id}")
+            address, receipt = await deploy_album_nft(
+                rpc, signer, name=args.name, symbol=args.symbol, minter=args.minter
+            )
+        await ensure_database(dsn)
+        pool = await create_pool(dsn, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                await record_contract(
+                    conn,
+                    chain_id,
+                    bytes.fromhex(address[2:]),
+                    "album",
+                    to_int(receipt["blockNumber"]),
+                )
+        finally:
+            await pool.close()
+        return address
+
+    with _database(settings) as dsn:
+        address = asyncio.run(run(dsn))
+    print(f"AlbumNFT deployed at {address}; minter role granted to {args.minter or signer.address}")
+    print(f"ALBUM_CONTRACT={address}")
+    return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from discograph.devstack import run_dev
+
+    block_time = args.block_time if args.block_time > 0 else None
+    return run_dev(settings, block_time=block_time)
+
+
+def _address(value: str) -> str:
+    try:
+        return str(to_checksum_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an address") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="discograph",
+        description="Reorg-safe read model, API and mint relayer for album NFTs.",
+    )
+    parser.add_argument("--version", action="version", version=f"discograph {__version__}")
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default .env)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev", help="run the whole stack locally (embedded Postgres/Valkey, anvil, demo data)"
+    )
+    dev.add_argument(
+        "--block-time",
+        type=float,
+        default=1.0,
+        help="seconds between anvil blocks; 0 = mine on every transaction (default 1)",
+    )
+    dev.set_defaults(handler=cmd_dev)
+
+    mig = commands.add_parser("migrate", help="apply database migrations (alembic upgrade)")
+    mig.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
+    mig.set_defaults(handler=cmd_migrate)
+
+    deploy = commands.add_parser(
+        "deploy", help="deploy AlbumNFT, grant the minter role, record it in `contracts`"
+    )
+    deploy.add_argument("--name", default="Discograph Albums", help="ERC-721 name")
+    deploy.add_argument("--symbol", default="ALBUM", help="ERC-721 symbol")
+    deploy.add_argument(
+        "--minter",
+        type=_address,
+        default=None,
+        help="address to receive MINTER_ROLE (default: the key's own address)",
+    )
+    deploy.set_defaults(handler=cmd_deploy)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(env_file=args.env_file)
+    except ConfigError as exc:
+        print(f"discograph: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.handler(settings, args))
+    except ConfigError as exc:
+        print(f"discograph: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (DiscographError, ChainError) as exc:
+        print(f"discograph: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Demo data for `discograph dev`: artists, albums with tracks, mints and a few trades on chain."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+from eth_utils.address import to_checksum_address
+
+from chain.abi import encode_call, event_topic, load_artifact
+from chain.album import ARTIFACT_NAME, album_id_to_bytes32, call_view
+from chain.rpc import RpcClient
+from chain.signer import Signer
+from chain.transact import send_many
+from db.catalog import NewAlbum, NewTrack, insert_album, insert_artist, set_album_status
+
+# (artist, [(album title, [(track title, seconds)])]); each artist gets one dev wallet.
+DEMO_CATALOG: list[tuple[str, list[tuple[str, list[tuple[str, int]]]]]] = [
+    (
+        "Aurora Lane",
+        [
+            ("Northern Static", [("Polar Drift", 214), ("Ice Choir", 187), ("Thaw", 242)]),
+            ("Small Hours", [("3:07 AM", 199), ("Streetlight Hymn", 231)]),
+        ],
+    ),
+    ("The Copper Tides", [("Harbour Lights", [("Undertow", 256), ("Salt & Rust", 203)])]),
+    ("Mira Okafor", [("Quiet Machines", [("Relay", 188), ("Signal/Noise", 265), ("Coda", 97)])]),
+]
+
+
+@dataclass(frozen=True)
+class DemoToken:
+    token_id: int
+    owner: str
+    uri: str
+
+
+def demo_uri(album_id: uuid.UUID) -> str:
+    return f"ipfs://discograph-demo/{album_id}.json"
+
+
+async def seed_demo(
+    pool: asyncpg.Pool,
+    rpc: RpcClient,
+    minter: Signer,
+    contract: str,
+    wallets: list[Signer],
+) -> None:
+    """Create the demo catalog in Postgres, mint every album on chain and trade a few tokens.
+
+    `wallets` are funded dev accounts: one per artist, then a fan.
+    """
+    artifact = load_artifact(ARTIFACT_NAME)
+    mint_fn, transfer_fn = artifact.function("mintAlbum"), artifact.function("transferFrom")
+    minted_topic = event_topic(artifact.event("AlbumMinted"))
+    fan = wallets[len(DEMO_CATALOG)]
+    mints: list[tuple[uuid.UUID, Signer]] = []
+    async with pool.acquire() as conn:
+        for index, (artist_name, albums) in enumerate(DEMO_CATALOG):
+            wallet = wallets[index]
+            artist_id = await insert_artist(conn, artist_name, bytes.fromhex(wallet.address[2:]))
+            for title, songs in albums:
+                album = NewAlbum(
+                    artist_id=artist_id,
+                    title=title,
+                    tracks=[
+                        NewTrack(position, song, seconds)
+                        for position, (song, seconds) in enumerate(songs, start=1)
+                    ],
+                    metadata={"genre": "demo", "year": 2026},
+                )
+                await insert_album(conn, album)
+                mints.append((album.id, wallet))
+    receipts = await send_many(
+        rpc,
+        minter,
+        [
+            (
+                contract,
+                encode_call(
+                    mint_fn, wallet.address, album_id_to_bytes32(album_id), demo_uri(album_id)
+                ),
+            )
+            for album_id, wallet in mints
+        ],
+    )
+    token_of: dict[uuid.UUID, int] = {}
+    for (album_id, _), receipt in zip(mints, receipts, strict=True):
+        for entry in receipt["logs"]:
+            if entry["topics"][0] == minted_topic:
+                token_of[album_id] = int(entry["topics"][1], 16)
+    async with pool.acquire() as conn:
+        for album_id, _ in mints:
+            # The indexer marks it `minted` when it sees AlbumMinted.
+            await set_album_status(conn, album_id, "minting")
+
+    # Two artists sell their first album to the fan; then the fan passes one on.
+    first, second = mints[0], mints[2]
+    for album_id, seller in (first, second):
+        await send_many(
+            rpc,
+            seller,
+            [(contract, encode_call(transfer_fn, seller.address, fan.address, token_of[album_id]))],
+        )
+    await send_many(
+        rpc,
+        fan,
+        [
+            (
+                contract,
+                encode_call(
+                    transfer_fn,
+                    fan.address,
+                    wallets[len(DEMO_CATALOG) - 1].address,
+                    token_of[first[0]],
+                ),
+            )
+        ],
+    )
+
+
+async def read_tokens(rpc: RpcClient, contract: str) -> list[DemoToken]:
+    """Every token of an AlbumNFT with its owner and URI, read from the node."""
+    (next_id,) = await call_view(rpc, contract, "nextTokenId")
+    tokens = []
+    for token_id in range(1, int(next_id)):
+        (owner,) = await call_view(rpc, contract, "ownerOf", token_id)
+        (uri,) = await call_view(rpc, contract, "tokenURI", token_id)
+        tokens.append(DemoToken(token_id, to_checksum_address(owner), str(uri)))
+    return tokens

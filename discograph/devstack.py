@@ -1,0 +1,181 @@
+"""`discograph dev`: the whole stack in one process, embedded services where no URL is set.
+
+Services the stack starts itself (anvil, Postgres, Valkey) are children that stop with it:
+on return, on an exception, on Ctrl-C / SIGTERM, and (through PDEATHSIG) even when this
+process is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_utils.address import to_checksum_address
+
+from chain.album import deploy_album_nft
+from chain.rpc import RpcClient, to_int
+from chain.signer import Signer
+from db.contracts import album_contracts, record_contract
+from db.engine import create_pool, drop_database, ensure_database, migrate
+from discograph.demo import read_tokens, seed_demo
+from discograph.embedded import start_postgres, start_valkey
+from discograph.errors import ConfigError
+from discograph.localchain import ANVIL_DEV_KEYS, start_anvil
+from discograph.settings import Settings, redact_url
+
+log = logging.getLogger("discograph.dev")
+DEV_DATABASE = "discograph"
+
+
+@dataclass
+class Services:
+    """Where each part of the stack runs, and which of them this process started."""
+
+    database_url: str
+    redis_url: str
+    rpc_url: str
+    embedded_database: bool
+    local_chain: bool
+
+
+@contextlib.contextmanager
+def services(settings: Settings, *, block_time: float | None) -> Iterator[Services]:
+    """Start the services whose URL is not configured; stop them all on exit."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        database_url = settings.database_url
+        if database_url is None:
+            postgres = start_postgres(data_dir / "postgres")
+            stack.callback(postgres.stop)
+            database_url = postgres.dsn(DEV_DATABASE)
+        redis_url = settings.redis_url
+        if redis_url is None:
+            valkey = start_valkey(data_dir / "valkey")
+            stack.callback(valkey.stop)
+            redis_url = valkey.url()
+        rpc_url = settings.rpc_url[0] if settings.rpc_url else None
+        if rpc_url is None:
+            anvil = start_anvil(
+                data_dir, block_time=block_time, state_file=data_dir / "anvil" / "state.json"
+            )
+            stack.callback(anvil.stop)
+            rpc_url = anvil.rpc_url
+        yield Services(
+            database_url=database_url,
+            redis_url=redis_url,
+            rpc_url=rpc_url,
+            embedded_database=settings.database_url is None,
+            local_chain=not settings.rpc_url,
+        )
+
+
+async def prepare(settings: Settings, found: Services) -> tuple[str, int]:
+    """Migrate, then reuse the album contract of an earlier run or deploy one and seed demo data.
+
+    Returns the contract address and the chain id.
+    """
+    await ensure_database(found.database_url)
+    await migrate(found.database_url)
+    key = settings.minter_key()
+    if key is None:
+        if not found.local_chain:
+            raise ConfigError("MINTER_PRIVATE_KEY or MINTER_KEY_FILE is needed with RPC_URL")
+        key_text = ANVIL_DEV_KEYS[0]
+    else:
+        key_text = key.reveal()
+    minter = Signer(key_text)
+    async with RpcClient(found.rpc_url) as rpc:
+        chain_id = to_int(await rpc.call("eth_chainId"))
+        pool = await create_pool(found.database_url, max_size=4)
+        try:
+            async with pool.acquire() as conn:
+                known = await album_contracts(conn, chain_id)
+            for address, _ in known:
+                code = await rpc.call("eth_getCode", ["0x" + address.hex(), "latest"])
+                if code not in ("0x", "0x0", None):
+                    contract = str(to_checksum_address(address))
+                    log.info("reusing album contract from an earlier run", extra={"at": contract})
+                    return contract, chain_id
+            if known and found.embedded_database:
+                # The dev chain was lost (its state file deleted) but the dev database kept
+                # rows from it: start the dev database over, it only mirrors that chain.
+                log.warning("dev chain was reset: recreating the embedded dev database")
+                await pool.close()
+                await drop_database(found.database_url)
+                await ensure_database(found.database_url)
+                await migrate(found.database_url)
+                pool = await create_pool(found.database_url, max_size=4)
+            contract, receipt = await deploy_album_nft(rpc, minter)
+            async with pool.acquire() as conn:
+                await record_contract(
+                    conn,
+                    chain_id,
+                    bytes.fromhex(contract[2:]),
+                    "album",
+                    to_int(receipt["blockNumber"]),
+                )
+            if found.local_chain:
+                wallets = [Signer(k) for k in ANVIL_DEV_KEYS[1:]]
+                await seed_demo(pool, rpc, minter, contract, wallets)
+            return contract, chain_id
+        finally:
+            await pool.close()
+
+
+def describe(found: Services, contract: str, chain_id: int) -> str:
+    lines = [
+        "Discograph dev stack is up:",
+        f"  chain      {found.rpc_url} (chain id {chain_id}"
+        + (", local anvil)" if found.local_chain else ")"),
+        f"  postgres   {redact_url(found.database_url)}"
+        + (" (embedded)" if found.embedded_database else ""),
+        f"  redis      {redact_url(found.redis_url)}",
+        f"  AlbumNFT   {contract}",
+    ]
+    return "\n".join(lines)
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(settings: Settings, found: Services) -> None:
+    contract, chain_id = await prepare(settings, found)
+    print(describe(found, contract, chain_id), flush=True)
+    async with RpcClient(found.rpc_url) as rpc:
+        tokens = await read_tokens(rpc, contract)
+    print(f"  demo mints ({len(tokens)} tokens, read from the chain):", flush=True)
+    for token in tokens:
+        print(f"    #{token.token_id:<3} owner {token.owner}  {token.uri}", flush=True)
+    print("Ready. Press Ctrl-C to stop.", flush=True)
+    await _wait_for_stop()
+    print("Stopping…", flush=True)
+
+
+def run_dev(settings: Settings, *, block_time: float | None = 1.0) -> int:
+    """Entry point of `discograph dev`; returns the process exit code."""
+    # Ctrl-C while services start must still stop what already runs: KeyboardInterrupt
+    # unwinds through `services()`, whose exit stops every child.
+    try:
+        with services(settings, block_time=block_time) as found:
+            asyncio.run(_serve(settings, found))
+    except KeyboardInterrupt:
+        print("Interrupted; stopped.", file=sys.stderr)
+        return 130
+    print("Stopped.", flush=True)
+    return 0

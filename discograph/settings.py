@@ -1,0 +1,208 @@
+"""The one settings struct, read from the environment and `.env`, validated at start.
+
+Every process (CLI, indexer, API, minter) builds a `Settings` once and passes it down; nothing
+reads `os.environ` anywhere else. A bad value fails fast with the variable's name, and secrets
+(`JWT_SECRET`, `MINTER_PRIVATE_KEY`, passwords inside URLs) never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from discograph.errors import ConfigError
+
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_PRIVATE_KEY_RE = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Variables whose value is a comma-separated list.
+_LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS", "WS_ALLOWED_ORIGINS"})
+
+
+class Secret:
+    """A string that never shows itself in `repr`, `str`, logs or errors; `.reveal()` gives it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact_url(url: str) -> str:
+    """Drop the password (and any token-looking query) from a URL so it can be printed."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = "***" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """Every setting of DESIGN.md; attribute `rpc_url` is variable `RPC_URL` and so on."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    rpc_url: tuple[str, ...] = ()
+    rpc_ws_url: str | None = None
+    chain_id: Positive | None = None
+    album_contract: str | None = None
+    extra_contracts: tuple[str, ...] = ()
+    start_block: NonNegative = 0
+    confirmations: NonNegative = 12
+    reorg_window: Positive = 128
+    jwt_secret: Secret | None = None
+    minter_private_key: Secret | None = None
+    minter_key_file: str | None = None
+    log_level: str = "INFO"
+    http_host: str = "127.0.0.1"
+    http_port: Port = 8000
+    metrics_port: Port = 9100
+    data_dir: str = ".discograph"
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        for url in self.rpc_url:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("RPC_URL: every entry must be an http(s):// URL")
+        if self.rpc_ws_url and not self.rpc_ws_url.startswith(("ws://", "wss://")):
+            raise ConfigError("RPC_WS_URL must be a ws:// or wss:// URL")
+        if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL")
+        if self.album_contract is not None:
+            _check_address("ALBUM_CONTRACT", self.album_contract)
+        for address in self.extra_contracts:
+            _check_address("EXTRA_CONTRACTS", address)
+        if self.minter_private_key is not None and not _PRIVATE_KEY_RE.match(
+            self.minter_private_key.reveal()
+        ):
+            # The message names the variable, never the value.
+            raise ConfigError("MINTER_PRIVATE_KEY must be 32 bytes of hex")
+        if self.minter_private_key is not None and self.minter_key_file is not None:
+            raise ConfigError("set MINTER_PRIVATE_KEY or MINTER_KEY_FILE, not both")
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if field in ("database_url", "redis_url", "rpc_ws_url") and value:
+                value = redact_url(value)
+            elif field == "rpc_url":
+                value = tuple(redact_url(url) for url in value)
+            shown.append(f"{field.upper()}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    def minter_key(self) -> Secret | None:
+        """The signing key from `MINTER_PRIVATE_KEY` or the file `MINTER_KEY_FILE` names."""
+        if self.minter_private_key is not None:
+            return self.minter_private_key
+        if self.minter_key_file is None:
+            return None
+        try:
+            text = Path(self.minter_key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"MINTER_KEY_FILE cannot be read: {exc.strerror}") from None
+        if not _PRIVATE_KEY_RE.match(text):
+            raise ConfigError("MINTER_KEY_FILE must hold 32 bytes of hex")
+        return Secret(text)
+
+    def with_values(self, **changes: Any) -> Settings:
+        """A copy with some values replaced (the dev stack fills in the URLs it started)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def _check_address(variable: str, value: str) -> None:
+    if not _ADDRESS_RE.match(value):
+        raise ConfigError(f"{variable}: {value!r} is not a 0x-prefixed 20-byte hex address")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a `.env` file: `NAME=value` lines, `#` comments, optional quotes, `export ` prefix."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"{path}:{number}: expected NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | str | None = Path(".env")
+) -> Settings:
+    """Build `Settings` from the environment, then `.env` (the environment wins)."""
+    names = {field.upper() for field in Settings.__struct_fields__}
+    merged: dict[str, str] = {}
+    if env_file is not None:
+        merged.update(read_env_file(Path(env_file)))
+    merged.update(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    for name in names:
+        value = merged.get(name)
+        if value is None or value.strip() == "":
+            continue  # unset or empty → the default
+        value = value.strip()
+        if name in _LIST_VARS:
+            raw[name] = [item.strip() for item in value.split(",") if item.strip()]
+        else:
+            raw[name] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's `... - at `$.NAME`` into `NAME: ...` without echoing the value."""
+    message = str(exc)
+    match = re.search(r"at `\$\.([A-Z_]+)", message)
+    if match is None:
+        return f"invalid settings: {message}"
+    return f"{match.group(1)}: {message.split(' - at ')[0]}"

@@ -1,0 +1,1 @@
+"""Chain logs → Postgres projection (built in the indexer issue)."""

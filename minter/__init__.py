@@ -1,0 +1,1 @@
+"""Mint queue worker: nonces, submission, receipt tracking (built in the write-path issue)."""
