@@ -22,9 +22,10 @@ class RpcTimeout(RpcTransportError):
 class RpcHttpError(RpcTransportError):
     """The node answered with a non-200 HTTP status; 429 and 5xx are retryable."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {body[:200]}")
         self.status = status
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -44,6 +45,10 @@ class RpcError(ChainError):
         self.code = code
         self.rpc_message = message
         self.data = data
+
+
+class RpcRevert(RpcError):
+    """The node says the call would revert (e.g. in `eth_estimateGas`); `data` holds the reason."""
 
 
 class TransactionReverted(ChainError):

@@ -17,6 +17,7 @@ from chain.errors import (
     RpcError,
     RpcHttpError,
     RpcMalformedResponse,
+    RpcRevert,
     RpcTimeout,
     RpcTransportError,
 )
@@ -46,7 +47,10 @@ class RpcClient:
         max_connections: int = 16,
     ) -> None:
         self.url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # The clock runs per socket operation, not from the moment a request queues for a
+        # pooled connection: under load a queued request is not a slow node.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._max_connections = max_connections
         self._ids = itertools.count(1)
@@ -77,10 +81,14 @@ class RpcClient:
             async with session.post(self.url, data=body) as response:
                 payload = await response.read()
                 if response.status != 200:
-                    raise RpcHttpError(response.status, payload.decode(errors="replace"))
+                    raise RpcHttpError(
+                        response.status,
+                        payload.decode(errors="replace"),
+                        retry_after=_retry_after(response.headers.get("Retry-After")),
+                    )
                 return payload
         except TimeoutError as exc:
-            raise RpcTimeout(f"no answer from {self.url} within {self._timeout.total}s") from exc
+            raise RpcTimeout(f"no answer from {self.url} within {self.timeout}s") from exc
         except aiohttp.ClientPayloadError as exc:
             raise RpcMalformedResponse(f"broken body from node: {exc}") from exc
         except aiohttp.ClientError as exc:
@@ -138,23 +146,45 @@ def _unwrap(method: str, reply: _Reply, request_id: int) -> Any:
     if reply.id != request_id:
         raise RpcMalformedResponse(f"{method}: answer id {reply.id!r} != request id {request_id}")
     if reply.error is not None:
-        error = reply.error if isinstance(reply.error, dict) else {"message": str(reply.error)}
-        code = error.get("code", 0)
-        raise RpcError(
-            method,
-            code if isinstance(code, int) else 0,
-            str(error.get("message", "")),
-            error.get("data"),
-        )
+        raise _rpc_error(method, reply.error)
     if reply.result is msgspec.UNSET:
         raise RpcMalformedResponse(f"{method}: answer has neither result nor error")
     return reply.result
 
 
+def _rpc_error(method: str, error: Any) -> RpcError:
+    """A JSON-RPC error object as a typed error; code 3 / "execution reverted" → a revert."""
+    body = error if isinstance(error, dict) else {"message": str(error)}
+    code = body.get("code", 0)
+    code = code if isinstance(code, int) else 0
+    message = str(body.get("message", ""))
+    data = body.get("data")
+    if code == 3 or "revert" in message.lower():
+        return RpcRevert(method, code, message, data)
+    return RpcError(method, code, message, data)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds form; dates are ignored)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
 def to_int(quantity: str) -> int:
     """A JSON-RPC QUANTITY (`0x1a`) as an int."""
-    return int(quantity, 16)
+    if not isinstance(quantity, str) or not quantity.startswith("0x"):
+        raise RpcMalformedResponse(f"not a quantity: {quantity!r}")
+    try:
+        return int(quantity, 16)
+    except ValueError:
+        raise RpcMalformedResponse(f"not a quantity: {quantity!r}") from None
 
 
 def to_quantity(value: int) -> str:
+    if value < 0:
+        raise ValueError(f"a quantity cannot be negative: {value}")
     return hex(value)

@@ -47,10 +47,17 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+async def _connect_admin(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(with_database(dsn, "postgres"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseError(f"cannot connect to Postgres: {exc}") from exc
+
+
 async def ensure_database(dsn: str) -> bool:
     """Create the database `dsn` names if it does not exist; True when it was created."""
     name = database_name(dsn)
-    admin = await asyncpg.connect(with_database(dsn, "postgres"))
+    admin = await _connect_admin(dsn)
     try:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if exists:
@@ -63,7 +70,7 @@ async def ensure_database(dsn: str) -> bool:
 
 async def drop_database(dsn: str) -> None:
     name = database_name(dsn)
-    admin = await asyncpg.connect(with_database(dsn, "postgres"))
+    admin = await _connect_admin(dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{_quote(name)}" WITH (FORCE)')
     finally:

@@ -3,6 +3,9 @@
 Each child is started with `PR_SET_PDEATHSIG`, so the kernel signals it when the process that
 started it dies, even by SIGKILL, and it is stopped explicitly (polite signal, then SIGKILL) on
 every normal or exceptional exit.
+
+Linux sends the parent-death signal when the *thread* that forked the child ends, so start
+children from a long-lived thread (the main thread), never from `asyncio.to_thread` workers.
 """
 
 from __future__ import annotations

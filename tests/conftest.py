@@ -1,0 +1,161 @@
+"""Real services for the tests: anvil, Postgres and Redis (never mocks).
+
+Postgres and Redis are the embedded ones (what a new user gets) unless `TEST_DATABASE_URL` /
+`TEST_REDIS_URL` name servers to use. Every test gets a fresh database cloned from a migrated
+template, so tests never see each other's rows; anvil is per test (it starts in ~50 ms).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from chain.album import deploy_album_nft
+from chain.rpc import RpcClient
+from chain.signer import Signer
+from db.engine import create_pool, migrate, with_database
+from discograph.embedded import start_postgres, start_valkey
+from discograph.localchain import ANVIL_DEV_KEYS, Anvil, start_anvil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_TAG = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of a Postgres server we may create databases on."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    # Not under pytest's basetemp: pytest resets that folder to mode 0700 when another run
+    # starts, which would lock out the unprivileged user Postgres runs as (as root).
+    folder = Path(tempfile.mkdtemp(prefix="discograph-test-pg-"))
+    server = start_postgres(folder / "data", durable=False)
+    try:
+        yield server.dsn("postgres")
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _admin(pg_admin_url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(with_database(pg_admin_url, "postgres"))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def template_database(pg_admin_url: str) -> AsyncIterator[str]:
+    """A database migrated to head once per run; each test clones it."""
+    name = f"dg_template_{RUN_TAG}"
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    await migrate(with_database(pg_admin_url, name))
+    yield name
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all (migration tests)."""
+    name = f"dg_empty_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_admin_url, name)
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def database_url(pg_admin_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = f"dg_test_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_admin_url, name)
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def service_dir() -> Iterator[Path]:
+    """A data folder for embedded services started by a test, outside pytest's basetemp."""
+    folder = Path(tempfile.mkdtemp(prefix="discograph-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis URL: `TEST_REDIS_URL`, or an embedded Valkey for the run."""
+    configured = os.environ.get("TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    server = start_valkey(tmp_path_factory.mktemp("valkey"))
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def anvil(tmp_path: Path) -> Iterator[Anvil]:
+    """A fresh automining anvil for this test."""
+    chain = start_anvil(tmp_path)
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+@pytest_asyncio.fixture
+async def rpc(anvil: Anvil) -> AsyncIterator[RpcClient]:
+    async with RpcClient(anvil.rpc_url) as client:
+        yield client
+
+
+@pytest.fixture
+def dev_signers() -> list[Signer]:
+    """anvil's funded dev accounts; [0] deploys and mints."""
+    return [Signer(key) for key in ANVIL_DEV_KEYS]
+
+
+@pytest_asyncio.fixture
+async def album_contract(rpc: RpcClient, dev_signers: list[Signer]) -> str:
+    """A freshly deployed AlbumNFT; dev account 0 is admin and minter."""
+    address, _ = await deploy_album_nft(rpc, dev_signers[0])
+    return address

@@ -1,0 +1,137 @@
+"""The `discograph` command: deploy, migrate, and clear errors for bad configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from chain.album import MINTER_ROLE, call_view
+from chain.rpc import RpcClient
+from discograph.localchain import ANVIL_DEV_KEYS, Anvil
+from tests.conftest import REPO_ROOT
+
+SERVICE_VARS = ("DATABASE_URL", "REDIS_URL", "RPC_URL", "RPC_WS_URL", "MINTER_PRIVATE_KEY")
+
+
+async def discograph(
+    *args: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    base["PYTHONPATH"] = str(REPO_ROOT)
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "discograph.cli", *args],
+        env={**base, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_deploy_deploys_grants_minter_and_records_the_contract(
+    anvil: Anvil, database_url: str, tmp_path: Path
+) -> None:
+    minter = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    result = await discograph(
+        "deploy",
+        "--minter",
+        minter.lower(),
+        env={
+            "RPC_URL": anvil.rpc_url,
+            "DATABASE_URL": database_url,
+            "MINTER_PRIVATE_KEY": ANVIL_DEV_KEYS[0],
+        },
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ANVIL_DEV_KEYS[0][2:] not in result.stdout + result.stderr
+    address = result.stdout.split("ALBUM_CONTRACT=")[1].strip()
+    async with RpcClient(anvil.rpc_url) as rpc:
+        assert await rpc.call("eth_getCode", [address, "latest"]) not in ("0x", None)
+        (granted,) = await call_view(
+            rpc, address, "hasRole", bytes.fromhex(MINTER_ROLE[2:]), minter
+        )
+        assert granted is True
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT chain_id, address, kind, start_block FROM contracts")
+    finally:
+        await conn.close()
+    assert row is not None
+    assert (row["chain_id"], bytes(row["address"]).hex(), row["kind"]) == (
+        31337,
+        address[2:].lower(),
+        "album",
+    )
+    assert row["start_block"] >= 1
+
+
+async def test_deploy_refuses_a_chain_id_mismatch(
+    anvil: Anvil, database_url: str, tmp_path: Path
+) -> None:
+    result = await discograph(
+        "deploy",
+        env={
+            "RPC_URL": anvil.rpc_url,
+            "DATABASE_URL": database_url,
+            "MINTER_PRIVATE_KEY": ANVIL_DEV_KEYS[0],
+            "CHAIN_ID": "1",
+        },
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "CHAIN_ID" in result.stderr
+
+
+async def test_deploy_without_rpc_url_says_what_to_set(tmp_path: Path) -> None:
+    result = await discograph("deploy", env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "RPC_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_migrate_command_migrates_a_configured_database(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    result = await discograph("migrate", env={"DATABASE_URL": empty_database_url}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0001"
+    finally:
+        await conn.close()
+
+
+async def test_migrate_without_database_url_uses_the_embedded_database(
+    tmp_path: Path, service_dir: Path
+) -> None:
+    data = service_dir / "data"
+    result = await discograph("migrate", env={"DATA_DIR": str(data)}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "discograph to head" in result.stdout
+    assert (data / "postgres" / "PG_VERSION").exists()
+
+
+async def test_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CONFIRMATIONS=lots\n")
+    result = await discograph("migrate", env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "CONFIRMATIONS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    from discograph.processes import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    result = await discograph("migrate", env={"DATABASE_URL": url}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Postgres" in result.stderr
