@@ -13,13 +13,12 @@ from types import FrameType
 
 from eth_utils.address import to_checksum_address
 
-from chain.album import deploy_album_nft
 from chain.errors import ChainError
 from chain.rpc import RpcClient, to_int
 from chain.signer import Signer
-from db.contracts import record_contract
 from db.engine import create_pool, ensure_database, migrate
 from discograph import __version__
+from discograph.deployment import deploy_and_record
 from discograph.errors import ConfigError, DiscographError
 from discograph.logs import configure_logging
 from discograph.settings import Settings, load_settings, redact_url
@@ -71,23 +70,21 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
             chain_id = to_int(await rpc.call("eth_chainId"))
             if settings.chain_id is not None and settings.chain_id != chain_id:
                 raise ConfigError(f"CHAIN_ID is {settings.chain_id} but the node is on {chain_id}")
-            address, receipt = await deploy_album_nft(
-                rpc, signer, name=args.name, symbol=args.symbol, minter=args.minter
-            )
-        await ensure_database(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                await record_contract(
-                    conn,
+            await ensure_database(dsn)
+            pool = await create_pool(dsn, max_size=2)
+            try:
+                return await deploy_and_record(
+                    rpc,
+                    pool,
+                    signer,
                     chain_id,
-                    bytes.fromhex(address[2:]),
-                    "album",
-                    to_int(receipt["blockNumber"]),
+                    name=args.name,
+                    symbol=args.symbol,
+                    minter=args.minter,
+                    demo=args.demo,
                 )
-        finally:
-            await pool.close()
-        return address
+            finally:
+                await pool.close()
 
     with _database(settings) as dsn:
         address = asyncio.run(run(dsn))
@@ -144,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_address,
         default=None,
         help="address to receive MINTER_ROLE (default: the key's own address)",
+    )
+    deploy.add_argument(
+        "--demo",
+        action="store_true",
+        help="also create the demo catalog and mint/trade it (anvil dev chains only)",
     )
     deploy.set_defaults(handler=cmd_deploy)
     return parser

@@ -18,15 +18,15 @@ from pathlib import Path
 
 from eth_utils.address import to_checksum_address
 
-from chain.album import deploy_album_nft
 from chain.rpc import RpcClient, to_int
 from chain.signer import Signer
-from db.contracts import album_contracts, record_contract
+from db.contracts import album_contracts
 from db.engine import create_pool, drop_database, ensure_database, migrate
-from discograph.demo import read_tokens, seed_demo
+from discograph.demo import read_tokens
+from discograph.deployment import deploy_and_record
 from discograph.embedded import start_postgres, start_valkey
 from discograph.errors import ConfigError
-from discograph.localchain import ANVIL_DEV_KEYS, start_anvil
+from discograph.localchain import ANVIL_CHAIN_ID, ANVIL_DEV_KEYS, start_anvil
 from discograph.settings import Settings, redact_url
 
 log = logging.getLogger("discograph.dev")
@@ -112,18 +112,9 @@ async def prepare(settings: Settings, found: Services) -> tuple[str, int]:
                 await ensure_database(found.database_url)
                 await migrate(found.database_url)
                 pool = await create_pool(found.database_url, max_size=4)
-            contract, receipt = await deploy_album_nft(rpc, minter)
-            async with pool.acquire() as conn:
-                await record_contract(
-                    conn,
-                    chain_id,
-                    bytes.fromhex(contract[2:]),
-                    "album",
-                    to_int(receipt["blockNumber"]),
-                )
-            if found.local_chain:
-                wallets = [Signer(k) for k in ANVIL_DEV_KEYS[1:]]
-                await seed_demo(pool, rpc, minter, contract, wallets)
+            contract = await deploy_and_record(
+                rpc, pool, minter, chain_id, demo=chain_id == ANVIL_CHAIN_ID
+            )
             return contract, chain_id
         finally:
             await pool.close()

@@ -12,6 +12,7 @@ import asyncpg
 
 from chain.album import MINTER_ROLE, call_view
 from chain.rpc import RpcClient
+from discograph.demo import DEMO_CATALOG
 from discograph.localchain import ANVIL_DEV_KEYS, Anvil
 from tests.conftest import REPO_ROOT
 
@@ -135,3 +136,29 @@ async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "Postgres" in result.stderr
+
+
+async def test_deploy_with_demo_creates_and_mints_the_demo_catalog(
+    anvil: Anvil, database_url: str, tmp_path: Path
+) -> None:
+    result = await discograph(
+        "deploy",
+        "--demo",
+        env={
+            "RPC_URL": anvil.rpc_url,
+            "DATABASE_URL": database_url,
+            "MINTER_PRIVATE_KEY": ANVIL_DEV_KEYS[0],
+        },
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    address = result.stdout.split("ALBUM_CONTRACT=")[1].strip()
+    async with RpcClient(anvil.rpc_url) as rpc:
+        (next_id,) = await call_view(rpc, address, "nextTokenId")
+    conn = await asyncpg.connect(database_url)
+    try:
+        albums = await conn.fetchval("SELECT count(*) FROM albums")
+    finally:
+        await conn.close()
+    assert next_id == albums + 1  # every demo album minted once
+    assert albums == sum(len(a) for _, a in DEMO_CATALOG)
