@@ -43,6 +43,7 @@ metadata = MetaData(
 
 ALBUM_STATUSES = ("draft", "minting", "minted", "failed")
 CONTRACT_KINDS = ("album", "erc721")
+TOKEN_EVENT_KINDS = ("album_minted", "metadata_update")
 MINT_STATUSES = ("queued", "submitted", "mined", "confirmed", "finalized", "failed")
 
 
@@ -134,8 +135,18 @@ checkpoints = Table(
     "checkpoints",
     metadata,
     Column("chain_id", BigInteger, primary_key=True, autoincrement=False),
+    # The last block whose rows are committed (everything up to it is indexed, exactly once).
     Column("block_number", BigInteger, nullable=False),
     Column("block_hash", LargeBinary, nullable=False),
+    # The indexer's view of the chain when it committed: head, safe and finalized block numbers
+    # (they drive the `finality` of API answers).
+    Column("head_block", BigInteger, nullable=True),
+    Column("safe_block", BigInteger, nullable=True),
+    Column("finalized_block", BigInteger, nullable=True),
+    Column("block_timestamp", DateTime(timezone=True), nullable=True),
+    Column("last_reorg_depth", Integer, nullable=True),
+    Column("last_reorg_block", BigInteger, nullable=True),
+    Column("last_reorg_at", DateTime(timezone=True), nullable=True),
     _updated_at(),
 )
 
@@ -158,6 +169,26 @@ transfers = Table(
     Index(None, "chain_id", "from_address", "block_number", "log_index"),
     Index(None, "chain_id", "to_address", "block_number", "log_index"),
     Index(None, "chain_id", "contract", "block_number", "log_index"),
+)
+
+# Album links and metadata updates, kept so that a reorg can recompute `nfts.album_id` and
+# `nfts.token_uri` from the events that survive it.
+token_events = Table(
+    "token_events",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    _address("contract"),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", LargeBinary, nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("tx_hash", LargeBinary, nullable=False),
+    Column("token_id", Numeric(78, 0), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("album_id", UUID(as_uuid=True), nullable=True),
+    Column("token_uri", Text, nullable=True),
+    PrimaryKeyConstraint("chain_id", "block_number", "log_index"),
+    CheckConstraint(_in("kind", TOKEN_EVENT_KINDS), name="kind_known"),
+    Index("ix_token_events_token_history", "chain_id", "contract", "token_id", "block_number"),
 )
 
 nfts = Table(

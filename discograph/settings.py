@@ -80,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     start_block: NonNegative = 0
     confirmations: NonNegative = 12
     reorg_window: Positive = 128
+    poll_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     jwt_secret: Secret | None = None
     minter_private_key: Secret | None = None
     minter_key_file: str | None = None

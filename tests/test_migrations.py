@@ -17,6 +17,7 @@ from db.tables import metadata
 from tests.conftest import REPO_ROOT
 
 EXPECTED_TABLES = {
+    "token_events",
     "artists",
     "albums",
     "tracks",
