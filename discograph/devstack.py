@@ -123,7 +123,7 @@ async def prepare(settings: Settings, found: Services) -> tuple[str, int]:
 def describe(found: Services, contract: str, chain_id: int) -> str:
     lines = [
         "Discograph dev stack is up:",
-        f"  chain      {found.rpc_url} (chain id {chain_id}"
+        f"  chain      {redact_url(found.rpc_url)} (chain id {chain_id}"
         + (", local anvil)" if found.local_chain else ")"),
         f"  postgres   {redact_url(found.database_url)}"
         + (" (embedded)" if found.embedded_database else ""),

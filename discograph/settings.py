@@ -23,7 +23,7 @@ _PRIVATE_KEY_RE = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Variables whose value is a comma-separated list.
-_LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS", "WS_ALLOWED_ORIGINS"})
+_LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS"})
 
 
 class Secret:
@@ -59,7 +59,12 @@ def redact_url(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
     query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    # Providers put API keys in the path too (`/v3/<key>`): keep only a short first segment.
+    segments = [s for s in parts.path.split("/") if s]
+    path = parts.path
+    if any(len(s) >= 16 for s in segments):
+        path = "/" + "/".join(s if len(s) < 16 else "***" for s in segments)
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]

@@ -148,6 +148,10 @@ def test_env_example_lists_every_setting() -> None:
         ("postgresql://app:pw@db:5432/x", "postgresql://app:***@db:5432/x"),
         ("postgresql://postgres@127.0.0.1:5432/x", "postgresql://postgres@127.0.0.1:5432/x"),
         ("https://node/v3?key=abc", "https://node/v3?***"),
+        (
+            "https://mainnet.example.io/v3/9aa3d95b3bc440fa88ea12eaa4456161",
+            "https://mainnet.example.io/v3/***",
+        ),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
