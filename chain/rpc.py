@@ -22,6 +22,7 @@ from chain.errors import (
     RpcTimeout,
     RpcTransportError,
 )
+from discograph.settings import redact_url
 
 Params = Sequence[Any]
 
@@ -89,7 +90,9 @@ class RpcClient:
                     )
                 return payload
         except TimeoutError as exc:
-            raise RpcTimeout(f"no answer from {self.url} within {self.timeout}s") from exc
+            raise RpcTimeout(
+                f"no answer from {redact_url(self.url)} within {self.timeout}s"
+            ) from exc
         except aiohttp.ClientPayloadError as exc:
             raise RpcMalformedResponse(f"broken body from node: {exc}") from exc
         except aiohttp.ClientError as exc:

@@ -202,7 +202,10 @@ nfts = Table(
     Column("token_uri", Text, nullable=True),
     Column("minted_block", BigInteger, nullable=False),
     Column("minted_tx", LargeBinary, nullable=False),
+    # Provenance of the current state: the block (and hash, log index) of the last event applied.
     Column("updated_block", BigInteger, nullable=False),
+    Column("updated_block_hash", LargeBinary, nullable=False, server_default=text("'\\x'::bytea")),
+    Column("updated_log_index", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("chain_id", "contract", "token_id"),
     # NFTs of an owner; holders of a contract (grouped by owner).
     Index(None, "chain_id", "owner", "contract", "token_id"),

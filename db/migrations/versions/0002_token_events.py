@@ -42,6 +42,18 @@ def upgrade() -> None:
         ["chain_id", "contract", "token_id", "block_number"],
         unique=False,
     )
+    op.add_column(
+        "nfts",
+        sa.Column(
+            "updated_block_hash",
+            sa.LargeBinary(),
+            server_default=sa.text("'\\x'::bytea"),
+            nullable=False,
+        ),
+    )
+    op.add_column(
+        "nfts", sa.Column("updated_log_index", sa.Integer(), server_default="0", nullable=False)
+    )
     op.add_column("checkpoints", sa.Column("head_block", sa.BigInteger(), nullable=True))
     op.add_column("checkpoints", sa.Column("safe_block", sa.BigInteger(), nullable=True))
     op.add_column("checkpoints", sa.Column("finalized_block", sa.BigInteger(), nullable=True))
@@ -56,6 +68,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_column("nfts", "updated_log_index")
+    op.drop_column("nfts", "updated_block_hash")
     op.drop_column("checkpoints", "last_reorg_at")
     op.drop_column("checkpoints", "last_reorg_block")
     op.drop_column("checkpoints", "last_reorg_depth")
