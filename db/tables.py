@@ -186,9 +186,11 @@ token_events = Table(
     Column("kind", Text, nullable=False),
     Column("album_id", UUID(as_uuid=True), nullable=True),
     Column("token_uri", Text, nullable=True),
-    PrimaryKeyConstraint("chain_id", "block_number", "log_index"),
+    # One log can touch many tokens (ERC-4906 BatchMetadataUpdate), hence token_id in the key.
+    PrimaryKeyConstraint("chain_id", "block_number", "log_index", "token_id"),
     CheckConstraint(_in("kind", TOKEN_EVENT_KINDS), name="kind_known"),
     Index("ix_token_events_token_history", "chain_id", "contract", "token_id", "block_number"),
+    Index(None, "album_id"),
 )
 
 nfts = Table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,8 @@ from discograph.deployment import deploy_and_record
 from discograph.errors import ConfigError, DiscographError
 from discograph.logs import configure_logging
 from discograph.settings import Settings, load_settings, redact_url
+
+log = logging.getLogger("discograph")
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -93,6 +96,59 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_metrics(settings: Settings) -> None:
+    if settings.metrics_port == 0:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(settings.metrics_port, addr=settings.http_host)
+    except OSError as exc:
+        log.warning(
+            "metrics endpoint not started", extra={"port": settings.metrics_port, "error": exc}
+        )
+
+
+def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
+    from indexer.service import run_indexer
+
+    _start_metrics(settings)
+    reindex_from = getattr(args, "from_block", None)
+    with _database(settings) as dsn:
+        last = asyncio.run(run_indexer(settings, dsn, until=args.until, reindex_from=reindex_from))
+    print(f"indexed up to block {last}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from discograph.status import print_status
+
+    with _database(settings) as dsn:
+        asyncio.run(print_status(settings, dsn))
+    return 0
+
+
+def _until(value: str) -> int:
+    from indexer.sync import HEAD
+
+    if value == "head":
+        return HEAD
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a block number or 'head'") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError("a block number cannot be negative")
+    return number
+
+
+def _block(value: str) -> int:
+    number = _until(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("expected a block number")
+    return number
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from discograph.devstack import run_dev
 
@@ -126,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between anvil blocks; 0 = mine on every transaction (default 1)",
     )
     dev.set_defaults(handler=cmd_dev)
+
+    index = commands.add_parser(
+        "index", help="index the configured contracts: backfill, then follow the chain tip"
+    )
+    index.add_argument(
+        "--until",
+        type=_until,
+        default=None,
+        metavar="BLOCK|head",
+        help="exit once indexed up to BLOCK (or the head seen at start); default: run forever",
+    )
+    index.set_defaults(handler=cmd_index)
+
+    reindex = commands.add_parser(
+        "reindex",
+        help="drop what was indexed from BLOCK on (e.g. after a reorg deeper than the window), "
+        "then index again",
+    )
+    reindex.add_argument("--from", dest="from_block", type=_block, required=True, metavar="BLOCK")
+    reindex.add_argument("--until", type=_until, default=None, metavar="BLOCK|head")
+    reindex.set_defaults(handler=cmd_index)
+
+    status = commands.add_parser(
+        "status", help="chain head, indexed block, lag, safe/finalized block and the last reorg"
+    )
+    status.set_defaults(handler=cmd_status)
 
     mig = commands.add_parser("migrate", help="apply database migrations (alembic upgrade)")
     mig.add_argument("revision", nargs="?", default="head", help="target revision (default head)")

@@ -33,7 +33,7 @@ def upgrade() -> None:
             "kind IN ('album_minted', 'metadata_update')", name=op.f("ck_token_events_kind_known")
         ),
         sa.PrimaryKeyConstraint(
-            "chain_id", "block_number", "log_index", name=op.f("pk_token_events")
+            "chain_id", "block_number", "log_index", "token_id", name=op.f("pk_token_events")
         ),
     )
     op.create_index(
@@ -42,6 +42,7 @@ def upgrade() -> None:
         ["chain_id", "contract", "token_id", "block_number"],
         unique=False,
     )
+    op.create_index(op.f("ix_token_events_album_id"), "token_events", ["album_id"], unique=False)
     op.add_column(
         "nfts",
         sa.Column(
@@ -77,5 +78,6 @@ def downgrade() -> None:
     op.drop_column("checkpoints", "finalized_block")
     op.drop_column("checkpoints", "safe_block")
     op.drop_column("checkpoints", "head_block")
+    op.drop_index(op.f("ix_token_events_album_id"), table_name="token_events")
     op.drop_index(op.f("ix_token_events_token_history"), table_name="token_events")
     op.drop_table("token_events")

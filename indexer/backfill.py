@@ -1,0 +1,132 @@
+"""Backfill: block ranges up to the safe head, fetched while the previous range is written.
+
+Ranges adapt to the node: halved on "too many results", timeouts or oversized answers, grown
+while answers stay small. Logs are decoded by slicing topics and written set-based (COPY, one
+statement per table), one transaction per range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from chain.errors import RpcError, RpcTransportError
+from indexer import metrics
+from indexer.context import Context
+from indexer.errors import MalformedAnswer
+from indexer.projection import Batch
+from indexer.source import is_too_many_results
+
+log = logging.getLogger("discograph.indexer")
+
+
+class RangeSizer:
+    """Block-range size for eth_getLogs, aiming at about `target_logs` logs per answer."""
+
+    def __init__(
+        self,
+        initial: int = 2_000,
+        *,
+        minimum: int = 1,
+        maximum: int = 50_000,
+        target_logs: int = 10_000,
+    ) -> None:
+        self.size = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.target_logs = target_logs
+
+    def shrink(self) -> None:
+        self.size = max(self.minimum, self.size // 2)
+
+    def observe(self, logs: int, blocks: int) -> None:
+        if logs > 2 * self.target_logs:
+            self.size = max(self.minimum, blocks // 2)
+        elif logs > self.target_logs:
+            self.size = max(self.minimum, int(blocks * self.target_logs / logs))
+        elif logs < self.target_logs // 2 and blocks >= self.size:
+            self.size = min(self.maximum, self.size * 2)
+
+
+async def _fetch(ctx: Context, first: int, end: int, sizer: RangeSizer) -> Batch:
+    """One range starting at `first`, shrinking the range until the node answers it."""
+    failures = 0
+    while True:
+        last = min(end, first + sizer.size - 1)
+        try:
+            logs, header = await ctx.source.logs_in_range(first, last)
+        except RpcError as exc:
+            if not is_too_many_results(exc) or last == first:
+                raise
+            log.info("range too large for the node, halving", extra={"blocks": last - first + 1})
+            sizer.shrink()
+            continue
+        except (RpcTransportError, MalformedAnswer) as exc:
+            # The fail-over client already retried; a range that keeps failing may be too big.
+            failures += 1
+            metrics.SUSPECT_ANSWERS.labels(reason=type(exc).__name__).inc()
+            log.warning(
+                "range fetch failed, retrying smaller",
+                extra={"first": first, "last": last, "error": type(exc).__name__},
+            )
+            sizer.shrink()
+            await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            continue
+        sizer.observe(len(logs), last - first + 1)
+        return await ctx.build_batch(first, header, logs)
+
+
+async def backfill(ctx: Context, first: int, end: int) -> int:
+    """Index blocks `first..end` (end included); returns the last committed block."""
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)
+    sizer = RangeSizer()
+    committed = first - 1
+
+    async def produce() -> None:
+        start = first
+        while start <= end:
+            batch = await _fetch(ctx, start, end, sizer)
+            await queue.put(batch)
+            start = batch.last.number + 1
+        await queue.put(None)
+
+    async def consume() -> None:
+        nonlocal committed
+        while (batch := await queue.get()) is not None:
+            began = time.perf_counter()
+            await ctx.store.commit(batch)
+            seconds = time.perf_counter() - began
+            committed = batch.last.number
+            _account(ctx, batch, seconds, "backfill")
+            ctx.progress.show(committed, end, ctx.view.head)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(produce())
+        group.create_task(consume())
+    ctx.progress.show(committed, end, ctx.view.head, force=True)
+    return committed
+
+
+def _account(ctx: Context, batch: Batch, seconds: float, mode: str) -> None:
+    blocks = batch.last.number - batch.first + 1
+    ctx.progress.advance(blocks, batch.events)
+    metrics.BATCH_SECONDS.labels(mode=mode).observe(seconds)
+    metrics.EVENTS.labels(kind="transfer").inc(len(batch.transfers))
+    if batch.token_events:
+        metrics.EVENTS.labels(kind="token_event").inc(len(batch.token_events))
+    metrics.INDEXED_BLOCK.set(batch.last.number)
+    metrics.LAG_BLOCKS.set(max(ctx.view.head - batch.last.number, 0))
+    metrics.LAG_SECONDS.set(max(time.time() - batch.last.timestamp, 0))
+    log.info(
+        "batch committed",
+        extra={
+            "mode": mode,
+            "first": batch.first,
+            "last": batch.last.number,
+            "blocks": blocks,
+            "events": batch.events,
+            "seconds": round(seconds, 4),
+            "lag": max(ctx.view.head - batch.last.number, 0),
+        },
+    )
