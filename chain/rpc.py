@@ -51,7 +51,10 @@ class RpcClient:
         self.url = url
         # The clock runs per socket operation, not from the moment a request queues for a
         # pooled connection: under load a queued request is not a slow node.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        # A generous overall deadline still stops a node that trickles bytes forever.
+        self._timeout = aiohttp.ClientTimeout(
+            total=6 * timeout, sock_connect=timeout, sock_read=timeout
+        )
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._max_connections = max_connections

@@ -104,6 +104,23 @@ async def database_url(pg_admin_url: str, template_database: str) -> AsyncIterat
 
 
 @pytest_asyncio.fixture
+async def second_database_url(pg_admin_url: str, template_database: str) -> AsyncIterator[str]:
+    """Another fresh, migrated database (e.g. for a fresh index to compare with)."""
+    name = f"dg_test2_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_admin_url, name)
+    admin = await _admin(pg_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(database_url, max_size=4)
     yield pool
