@@ -1,8 +1,13 @@
 #!/usr/bin/env node
-// Compiles contracts/AlbumNFT.sol with the pinned npm `solc` into abis/AlbumNFT.json.
+// Compiles our contracts with the pinned npm `solc` into abis/<Name>.json:
+//   contracts/AlbumNFT.sol     -> abis/AlbumNFT.json        (the product's contract)
+//   bench/BenchTransfers.sol   -> abis/BenchTransfers.json  (bench only: cheap Transfer events)
 //
-//   node contracts/compile.js          write abis/AlbumNFT.json
-//   node contracts/compile.js --check  compile in memory; exit 1 if the committed artifact differs
+//   node contracts/compile.js          write every artifact
+//   node contracts/compile.js --check  compile in memory; exit 1 if any committed artifact differs
+//
+// Each contract is compiled on its own, with settings that name only its source, so adding a
+// contract never changes another one's artifact (the settings are recorded in it).
 //
 // Source names stay relative to the repo root (imports as `@openzeppelin/contracts/...`, resolved
 // from node_modules by the import callback) because solc hashes them into the metadata appended to
@@ -13,23 +18,30 @@ const fs = require("fs");
 const path = require("path");
 
 const ROOT = path.resolve(__dirname, "..");
-const CONTRACT_NAME = "AlbumNFT";
-const SOURCE_NAME = "contracts/AlbumNFT.sol";
-const ARTIFACT_PATH = path.join(ROOT, "abis", `${CONTRACT_NAME}.json`);
+const TARGETS = [
+  { contractName: "AlbumNFT", sourceName: "contracts/AlbumNFT.sol" },
+  { contractName: "BenchTransfers", sourceName: "bench/BenchTransfers.sol" },
+];
 const NODE_MODULES = path.join(ROOT, "node_modules");
 
 // Loaded from the repo's node_modules, not the caller's cwd, so the pinned compiler is used.
 const solc = require(require.resolve("solc", { paths: [ROOT] }));
 
-const SETTINGS = {
-  optimizer: { enabled: true, runs: 200 },
-  evmVersion: "cancun",
-  outputSelection: {
-    [SOURCE_NAME]: {
-      [CONTRACT_NAME]: ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"],
+function artifactPath(target) {
+  return path.join(ROOT, "abis", `${target.contractName}.json`);
+}
+
+function settingsFor({ contractName, sourceName }) {
+  return {
+    optimizer: { enabled: true, runs: 200 },
+    evmVersion: "cancun",
+    outputSelection: {
+      [sourceName]: {
+        [contractName]: ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"],
+      },
     },
-  },
-};
+  };
+}
 
 function isInside(parent, child) {
   const rel = path.relative(parent, child);
@@ -48,13 +60,15 @@ function findImports(sourceName) {
   return { error: `import not found: ${sourceName}` };
 }
 
-function compile() {
+function compile(target) {
+  const { contractName, sourceName } = target;
+  const settings = settingsFor(target);
   const input = {
     language: "Solidity",
     sources: {
-      [SOURCE_NAME]: { content: fs.readFileSync(path.join(ROOT, SOURCE_NAME), "utf8") },
+      [sourceName]: { content: fs.readFileSync(path.join(ROOT, sourceName), "utf8") },
     },
-    settings: SETTINGS,
+    settings,
   };
   const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
 
@@ -70,14 +84,14 @@ function compile() {
     process.exit(1);
   }
 
-  const contract = output.contracts[SOURCE_NAME][CONTRACT_NAME];
+  const contract = output.contracts[sourceName][contractName];
   return {
-    contractName: CONTRACT_NAME,
-    sourceName: SOURCE_NAME,
+    contractName,
+    sourceName,
     abi: contract.abi,
     bytecode: `0x${contract.evm.bytecode.object}`,
     deployedBytecode: `0x${contract.evm.deployedBytecode.object}`,
-    compiler: { name: "solc", version: solc.version(), settings: SETTINGS },
+    compiler: { name: "solc", version: solc.version(), settings },
   };
 }
 
@@ -85,13 +99,14 @@ function serialize(artifact) {
   return `${JSON.stringify(artifact, null, 2)}\n`;
 }
 
-function check(artifact) {
-  const rel = path.relative(ROOT, ARTIFACT_PATH);
-  if (!fs.existsSync(ARTIFACT_PATH)) {
+function check(target, artifact) {
+  const file = artifactPath(target);
+  const rel = path.relative(ROOT, file);
+  if (!fs.existsSync(file)) {
     process.stderr.write(`${rel} is missing; run: node contracts/compile.js\n`);
     return 1;
   }
-  const committedText = fs.readFileSync(ARTIFACT_PATH, "utf8");
+  const committedText = fs.readFileSync(file, "utf8");
   if (committedText === serialize(artifact)) {
     process.stdout.write(`${rel} is up to date\n`);
     return 0;
@@ -118,18 +133,24 @@ function main(argv) {
     process.stderr.write(`unknown arguments: ${unknown.join(" ")}\nusage: compile.js [--check]\n`);
     return 2;
   }
-  const artifact = compile();
-  if (argv.includes("--check")) {
-    return check(artifact);
+  let status = 0;
+  for (const target of TARGETS) {
+    const artifact = compile(target);
+    if (argv.includes("--check")) {
+      // Check every artifact (not only up to the first stale one) so one run reports them all.
+      status = Math.max(status, check(target, artifact));
+      continue;
+    }
+    const file = artifactPath(target);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, serialize(artifact));
+    const size = (artifact.deployedBytecode.length - 2) / 2;
+    process.stdout.write(
+      `wrote ${path.relative(ROOT, file)} (solc ${artifact.compiler.version}, ` +
+        `deployed bytecode ${size} bytes)\n`,
+    );
   }
-  fs.mkdirSync(path.dirname(ARTIFACT_PATH), { recursive: true });
-  fs.writeFileSync(ARTIFACT_PATH, serialize(artifact));
-  const size = (artifact.deployedBytecode.length - 2) / 2;
-  process.stdout.write(
-    `wrote ${path.relative(ROOT, ARTIFACT_PATH)} (solc ${artifact.compiler.version}, ` +
-      `deployed bytecode ${size} bytes)\n`,
-  );
-  return 0;
+  return status;
 }
 
 process.exitCode = main(process.argv.slice(2));

@@ -1,4 +1,4 @@
-"""The committed AlbumNFT artifact is what the pinned compiler produces and exposes the contract."""
+"""The committed artifacts (AlbumNFT, BenchTransfers) are what the pinned compiler produces."""
 
 import json
 import subprocess
@@ -7,6 +7,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "abis" / "AlbumNFT.json"
+BENCH_ARTIFACT = ROOT / "abis" / "BenchTransfers.json"
 
 
 def _abi_entry(abi: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def _signature(entry: dict[str, Any]) -> str:
     return f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
 
 
-def test_committed_artifact_matches_fresh_compile() -> None:
+def test_committed_artifacts_match_fresh_compile() -> None:
     # No skip when node or solc is missing: `make test` installs node_modules first, so a missing
     # toolchain is a broken checkout, not an optional feature.
     assert (ROOT / "node_modules" / "solc").is_dir(), "node_modules/solc missing: run `npm ci`"
@@ -31,6 +32,9 @@ def test_committed_artifact_matches_fresh_compile() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # `--check` covers every contract, not only the first one it compiles.
+    for name in ("AlbumNFT", "BenchTransfers"):
+        assert f"abis/{name}.json is up to date" in result.stdout, result.stdout
 
 
 def test_artifact_exposes_album_mint_and_standard_events() -> None:
@@ -51,4 +55,27 @@ def test_artifact_exposes_album_mint_and_standard_events() -> None:
 
     assert artifact["compiler"]["version"].startswith("0.8.30")
     assert artifact["bytecode"].startswith("0x")
+    assert artifact["deployedBytecode"].startswith("0x")
+
+
+def test_bench_artifact_exposes_emit_block_owner_of_and_standard_transfer() -> None:
+    artifact = json.loads(BENCH_ARTIFACT.read_text())
+    abi = artifact["abi"]
+
+    emit_block = _abi_entry(abi, "function", "emitBlock")
+    assert _signature(emit_block) == "emitBlock(address[],uint256[],address[])"
+    owner_of = _abi_entry(abi, "function", "ownerOf")
+    assert _signature(owner_of) == "ownerOf(uint256)"
+    assert [o["type"] for o in owner_of["outputs"]] == ["address"]
+    next_id = _abi_entry(abi, "function", "nextTokenId")
+    assert next_id["stateMutability"] == "view"
+    assert [o["type"] for o in next_id["outputs"]] == ["uint256"]
+
+    # The very event (signature and indexing) indexers filter ERC-721 transfers on.
+    transfer = _abi_entry(abi, "event", "Transfer")
+    assert _signature(transfer) == "Transfer(address,address,uint256)"
+    assert [i["indexed"] for i in transfer["inputs"]] == [True, True, True]
+
+    assert artifact["sourceName"] == "bench/BenchTransfers.sol"
+    assert artifact["compiler"]["version"].startswith("0.8.30")
     assert artifact["deployedBytecode"].startswith("0x")
