@@ -1,0 +1,120 @@
+"""Reorg property test: random forks of depth 1..12 while the indexer follows the chain live.
+
+After every round the projection must equal a fresh index of the canonical chain, and the
+outbox must hold a `removed` message for every orphaned event. `DISCOGRAPH_REORG_ROUNDS`
+raises the number of rounds (default 50), `DISCOGRAPH_REORG_SEED` picks another seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import asyncpg
+
+from chain.rpc import RpcClient
+from chain.signer import Signer
+from discograph.localchain import Anvil
+from tests.indexing import (
+    ChainDriver,
+    index_to_head,
+    indexer_settings,
+    live_indexer,
+    projection,
+    wait_synced,
+)
+
+ROUNDS = int(os.environ.get("DISCOGRAPH_REORG_ROUNDS", "50"))
+SEED = int(os.environ.get("DISCOGRAPH_REORG_SEED", "20261126"))
+CHAIN_TABLES = "transfers, token_events, nfts, blocks, checkpoints, outbox"
+
+
+async def _announced_above(database_url: str, block: int) -> set[tuple[str, int, str]]:
+    """(block hash, log index, type) of every live event above `block`."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        transfers = await conn.fetch(
+            "SELECT block_hash, log_index FROM transfers WHERE block_number > $1", block
+        )
+        events = await conn.fetch(
+            "SELECT DISTINCT block_hash, log_index, kind FROM token_events WHERE block_number > $1",
+            block,
+        )
+    finally:
+        await conn.close()
+    found = {("0x" + bytes(r["block_hash"]).hex(), r["log_index"], "transfer") for r in transfers}
+    found |= {
+        (
+            "0x" + bytes(r["block_hash"]).hex(),
+            r["log_index"],
+            "mint" if r["kind"] == "album_minted" else "metadata",
+        )
+        for r in events
+    }
+    return found
+
+
+async def _removed_messages(database_url: str) -> set[tuple[str, int, str]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT payload FROM outbox WHERE kind = 'removed'")
+    finally:
+        await conn.close()
+    import json
+
+    payloads = [json.loads(r["payload"]) for r in rows]
+    return {(p["block_hash"], p["log_index"], p["removed_type"]) for p in payloads}
+
+
+async def _fresh_index(database_url: str, settings: object) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"TRUNCATE {CHAIN_TABLES}")
+    finally:
+        await conn.close()
+    await index_to_head(database_url, settings)  # type: ignore[arg-type]
+
+
+async def test_random_reorgs_leave_the_projection_equal_to_a_fresh_index(
+    anvil: Anvil,
+    rpc: RpcClient,
+    dev_signers: list[Signer],
+    database_url: str,
+    second_database_url: str,
+) -> None:
+    rng = random.Random(SEED)
+    driver = ChainDriver(rpc, dev_signers, rng)
+    (album,) = await driver.deploy(1)
+    await driver.random_activity(8)
+    settings = indexer_settings(anvil.rpc_url, ALBUM_CONTRACT=album)
+    depths = []
+    async with live_indexer(database_url, settings) as task:
+        await wait_synced(database_url, rpc, task=task)
+        for round_ in range(ROUNDS):
+            fork_block = int(await rpc.call("eth_blockNumber"), 16)
+            snapshot = await rpc.call("evm_snapshot")
+            saved = driver.snapshot()
+            depth = rng.randint(1, 12)
+            depths.append(depth)
+            await driver.random_activity(depth)  # automine: one block per transaction
+            await wait_synced(database_url, rpc, task=task)
+            orphaned = await _announced_above(database_url, fork_block)
+
+            assert await rpc.call("evm_revert", [snapshot]) is True
+            driver.restore(saved)
+            await driver.random_activity(depth)
+            await rpc.call("anvil_mine", ["0x1"])  # the new branch is one block longer
+            await wait_synced(database_url, rpc, task=task)
+
+            removed = await _removed_messages(database_url)
+            assert orphaned <= removed, f"round {round_}: orphaned events not announced removed"
+            await _fresh_index(second_database_url, settings)
+            live, fresh = await projection(database_url), await projection(second_database_url)
+            assert live == fresh, f"round {round_} (depth {depth}) diverges from a fresh index"
+    conn = await asyncpg.connect(database_url)
+    try:
+        reorgs = await conn.fetchval("SELECT last_reorg_depth FROM checkpoints")
+    finally:
+        await conn.close()
+    assert reorgs is not None
+    assert len(depths) == ROUNDS
