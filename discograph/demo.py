@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import asyncpg
-from eth_utils.address import to_checksum_address
 
 from chain.abi import encode_call, event_topic, load_artifact
-from chain.album import ARTIFACT_NAME, album_id_to_bytes32, call_view
+from chain.album import ARTIFACT_NAME, album_id_to_bytes32
 from chain.rpc import RpcClient
 from chain.signer import Signer
 from chain.transact import send_many
@@ -27,13 +25,6 @@ DEMO_CATALOG: list[tuple[str, list[tuple[str, list[tuple[str, int]]]]]] = [
     ("The Copper Tides", [("Harbour Lights", [("Undertow", 256), ("Salt & Rust", 203)])]),
     ("Mira Okafor", [("Quiet Machines", [("Relay", 188), ("Signal/Noise", 265), ("Coda", 97)])]),
 ]
-
-
-@dataclass(frozen=True)
-class DemoToken:
-    token_id: int
-    owner: str
-    uri: str
 
 
 def demo_uri(album_id: uuid.UUID) -> str:
@@ -118,14 +109,3 @@ async def seed_demo(
             )
         ],
     )
-
-
-async def read_tokens(rpc: RpcClient, contract: str) -> list[DemoToken]:
-    """Every token of an AlbumNFT with its owner and URI, read from the node."""
-    (next_id,) = await call_view(rpc, contract, "nextTokenId")
-    tokens = []
-    for token_id in range(1, int(next_id)):
-        (owner,) = await call_view(rpc, contract, "ownerOf", token_id)
-        (uri,) = await call_view(rpc, contract, "tokenURI", token_id)
-        tokens.append(DemoToken(token_id, to_checksum_address(owner), str(uri)))
-    return tokens

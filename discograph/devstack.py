@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 from eth_utils.address import to_checksum_address
 
 from chain.rpc import RpcClient, to_int
 from chain.signer import Signer
 from db.contracts import album_contracts
 from db.engine import create_pool, drop_database, ensure_database, migrate
-from discograph.demo import read_tokens
 from discograph.deployment import deploy_and_record
 from discograph.embedded import start_postgres, start_valkey
 from discograph.errors import ConfigError
@@ -145,17 +145,77 @@ async def _wait_for_stop() -> None:
             loop.remove_signal_handler(sig)
 
 
+def indexer_settings(settings: Settings, found: Services) -> Settings:
+    """The dev stack's indexer follows the chain it started (websocket heads, 1 confirmation)."""
+    if not found.local_chain:
+        return settings.with_values(rpc_url=(found.rpc_url,), database_url=found.database_url)
+    return settings.with_values(
+        rpc_url=(found.rpc_url,),
+        rpc_ws_url=found.rpc_url.replace("http://", "ws://", 1),
+        database_url=found.database_url,
+        confirmations=1,
+    )
+
+
+async def _wait_indexed(dsn: str, block: int, indexer: asyncio.Task[int]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            if indexer.done():
+                indexer.result()  # raises what stopped it
+                return
+            indexed = await conn.fetchval("SELECT max(block_number) FROM checkpoints")
+            if indexed is not None and indexed >= block:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def _print_indexed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT n.token_id, n.owner, a.title, a.status, ar.name AS artist
+            FROM nfts n LEFT JOIN albums a ON a.id = n.album_id
+            LEFT JOIN artists ar ON ar.id = a.artist_id
+            ORDER BY n.contract, n.token_id
+            """
+        )
+        indexed = await conn.fetchval("SELECT max(block_number) FROM checkpoints")
+    finally:
+        await conn.close()
+    print(f"  indexed up to block {indexed}: {len(rows)} album NFTs", flush=True)
+    for row in rows:
+        owner = to_checksum_address(bytes(row["owner"]))
+        album = f"«{row['title']}» by {row['artist']} ({row['status']})" if row["title"] else ""
+        print(f"    #{int(row['token_id']):<3} owner {owner}  {album}", flush=True)
+
+
 async def _serve(settings: Settings, found: Services) -> None:
+    from indexer.service import run_indexer
+
     contract, chain_id = await prepare(settings, found)
     print(describe(found, contract, chain_id), flush=True)
     async with RpcClient(found.rpc_url) as rpc:
-        tokens = await read_tokens(rpc, contract)
-    print(f"  demo mints ({len(tokens)} tokens, read from the chain):", flush=True)
-    for token in tokens:
-        print(f"    #{token.token_id:<3} owner {token.owner}  {token.uri}", flush=True)
-    print("Ready. Press Ctrl-C to stop.", flush=True)
-    await _wait_for_stop()
-    print("Stopping…", flush=True)
+        head = to_int(await rpc.call("eth_blockNumber"))
+    indexer = asyncio.create_task(
+        run_indexer(indexer_settings(settings, found), found.database_url)
+    )
+    try:
+        await _wait_indexed(found.database_url, head, indexer)
+        await _print_indexed(found.database_url)
+        print("Ready: the indexer follows the chain. Press Ctrl-C to stop.", flush=True)
+        stop = asyncio.create_task(_wait_for_stop())
+        done, _ = await asyncio.wait({indexer, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if indexer in done:
+            indexer.result()
+        print("Stopping…", flush=True)
+    finally:
+        indexer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await indexer
 
 
 def run_dev(settings: Settings, *, block_time: float | None = 1.0) -> int:

@@ -23,6 +23,7 @@ class Progress:
         self.events = 0
         self.first_block: int | None = None
         self._dirty = False
+        self._shown: tuple[int, int] | None = None
 
     def advance(self, blocks: int, events: int) -> None:
         self.blocks += blocks
@@ -36,6 +37,9 @@ class Progress:
         now = time.monotonic()
         if not force and now - self.last_print < self.every:
             return
+        if force and self._shown == (indexed, target):
+            return
+        self._shown = (indexed, target)
         self.last_print = now
         blocks_per_s, events_per_s = self.rates()
         remaining = max(target - indexed, 0)
@@ -56,3 +60,4 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._dirty = False
+        self._shown: tuple[int, int] | None = None

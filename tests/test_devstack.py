@@ -120,7 +120,7 @@ class DevProcess:
             if not line:
                 break
             self.lines.append(line)
-            if line.startswith("Ready."):
+            if line.startswith("Ready"):
                 return "".join(self.lines)
         self.popen.kill()
         pytest.fail("discograph dev never became ready:\n" + "".join(self.lines))
@@ -187,6 +187,9 @@ def test_dev_stack_runs_demo_and_stops_cleanly_on_ctrl_c(
             tracks = sum(len(songs) for _, albums in DEMO_CATALOG for _, songs in albums)
             assert await conn.fetchval("SELECT count(*) FROM tracks") == tracks
             assert await conn.fetchval("SELECT count(*) FROM contracts WHERE kind='album'") == 1
+            # The indexer ran: every demo album is minted and linked to its token.
+            assert await conn.fetchval("SELECT count(*) FROM nfts WHERE album_id IS NOT NULL") == 4
+            assert await conn.fetchval("SELECT count(*) FROM albums WHERE status = 'minted'") == 4
         finally:
             await conn.close()
 
