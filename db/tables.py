@@ -250,7 +250,3 @@ outbox = Table(
     Column("payload", JSONB, nullable=False),
     _created_at(),
 )
-
-# The advisory-lock id every outbox writer takes (pg_advisory_xact_lock) so that seqs become
-# visible in order: DESIGN.md, Schema.
-OUTBOX_LOCK_ID = 0x44_69_73_63_6F_01  # "Disco" + 1

@@ -1,4 +1,4 @@
-"""The `discograph` command: `dev`, `migrate`, `deploy` (more join as their issues land)."""
+"""The `discograph` command. Heavy imports live inside the commands: `index` starts fast."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from eth_utils.address import to_checksum_address
-
 from chain.errors import ChainError
-from chain.rpc import RpcClient, to_int
-from chain.signer import Signer
 from db.engine import create_pool, ensure_database, migrate
 from discograph import __version__
-from discograph.deployment import deploy_and_record
+from discograph.encoding import checksum_address, parse_address
 from discograph.errors import ConfigError, DiscographError
 from discograph.logs import configure_logging
 from discograph.settings import Settings, load_settings, redact_url
@@ -66,6 +62,10 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
     key = settings.minter_key()
     if key is None:
         raise ConfigError("MINTER_PRIVATE_KEY or MINTER_KEY_FILE is needed to deploy")
+    from chain.rpc import RpcClient, to_int
+    from chain.signer import Signer
+    from discograph.deployment import deploy_and_record
+
     signer = Signer(key.reveal())
 
     async def run(dsn: str) -> str:
@@ -158,9 +158,9 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
 def _address(value: str) -> str:
     try:
-        return str(to_checksum_address(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an address") from None
+        return checksum_address(parse_address(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

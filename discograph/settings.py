@@ -16,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from discograph.encoding import parse_address
 from discograph.errors import ConfigError
 
-_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _PRIVATE_KEY_RE = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -150,8 +150,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
 
 
 def _check_address(variable: str, value: str) -> None:
-    if not _ADDRESS_RE.match(value):
-        raise ConfigError(f"{variable}: {value!r} is not a 0x-prefixed 20-byte hex address")
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {value!r}: {exc}") from None
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -10,13 +10,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from eth_utils.crypto import keccak
-
+from discograph.encoding import keccak, keccak_text
 from indexer.errors import MalformedAnswer
 
 
 def _topic(signature: str) -> str:
-    return "0x" + keccak(text=signature).hex()
+    return "0x" + keccak_text(signature).hex()
 
 
 TRANSFER_TOPIC = _topic("Transfer(address,address,uint256)")
@@ -80,15 +79,16 @@ def _bytes(value: Any, field: str, size: int) -> bytes:
     return bytes.fromhex(value[2:])
 
 
-def _abi_string(data: str) -> str:
-    """The single dynamic `string` argument of an event's data (offset, length, bytes)."""
+def abi_string(data: str) -> str:
+    """The single dynamic `string` of ABI-encoded data (offset, length, bytes): an event's
+    data or a call's return value."""
     try:
         length = int(data[66:130], 16)
         raw = bytes.fromhex(data[130 : 130 + 2 * length])
     except ValueError:
-        raise MalformedAnswer("AlbumMinted data is not an ABI string") from None
+        raise MalformedAnswer("data is not an ABI string") from None
     if len(raw) != length:
-        raise MalformedAnswer("AlbumMinted data is truncated")
+        raise MalformedAnswer("ABI string is truncated")
     return raw.decode("utf-8", errors="replace")
 
 
@@ -150,7 +150,7 @@ def decode_logs(
         if topic0 == ALBUM_MINTED_TOPIC and len(topics) == 4:
             album_id = uuid.UUID(bytes=_bytes(topics[2], "albumId", 32)[:16])
             events.append(
-                TokenEvent(*common, int(topics[1], 16), "album_minted", album_id, _abi_string(data))
+                TokenEvent(*common, int(topics[1], 16), "album_minted", album_id, abi_string(data))
             )
         elif topic0 == METADATA_UPDATE_TOPIC and len(data) >= 66:
             events.append(TokenEvent(*common, int(data[2:66], 16), "metadata_update", None, None))

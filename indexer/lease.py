@@ -11,8 +11,8 @@ import asyncio
 import logging
 
 import asyncpg
-from eth_utils.crypto import keccak
 
+from discograph.encoding import keccak_text
 from indexer.errors import LeaseLost
 
 log = logging.getLogger("discograph.indexer")
@@ -20,7 +20,7 @@ log = logging.getLogger("discograph.indexer")
 
 def lock_key(chain_id: int) -> int:
     """A stable signed 64-bit advisory-lock key for the indexer of `chain_id`."""
-    return int.from_bytes(keccak(text=f"discograph-indexer:{chain_id}")[:8], "big", signed=True)
+    return int.from_bytes(keccak_text(f"discograph-indexer:{chain_id}")[:8], "big", signed=True)
 
 
 class Lease:

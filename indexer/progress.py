@@ -60,4 +60,3 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._dirty = False
-        self._shown: tuple[int, int] | None = None

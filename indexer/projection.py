@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from eth_utils.address import to_checksum_address
 
-from db.tables import OUTBOX_LOCK_ID
+from db.locks import OUTBOX_LOCK_ID
+from discograph.encoding import checksum_address
 from indexer.decode import TokenEvent, Transfer
 from indexer.source import Header
 
@@ -198,7 +198,7 @@ async def _store_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
 
 
 def _address(raw: bytes) -> str:
-    return str(to_checksum_address(raw))
+    return checksum_address(raw)
 
 
 def transfer_message(t: Transfer | asyncpg.Record) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from chain.abi import decode_result, encode_call, load_artifact
 from chain.errors import RpcError
-from indexer.decode import WATCHED_TOPICS
+from discograph.encoding import keccak_text
+from indexer.decode import WATCHED_TOPICS, abi_string
 from indexer.errors import InconsistentAnswer, MalformedAnswer
 
 
@@ -57,6 +57,8 @@ def _quantity(raw: Any, what: str) -> int:
         raise MalformedAnswer(f"{what} is not a quantity: {raw!r:.100}")
     return int(raw, 16)
 
+
+_TOKEN_URI = "0x" + keccak_text("tokenURI(uint256)")[:4].hex()
 
 # Messages nodes use when an eth_getLogs range holds too many results or takes too long.
 _TOO_MANY = ("too many", "more than", "limit", "range", "exceed", "timeout", "too large")
@@ -202,12 +204,11 @@ class ChainSource:
         """
         if not requests:
             return []
-        function = load_artifact("AlbumNFT").function("tokenURI")
         calls = [
             (
                 "eth_call",
                 [
-                    {"to": "0x" + contract.hex(), "data": encode_call(function, token_id)},
+                    {"to": "0x" + contract.hex(), "data": f"{_TOKEN_URI}{token_id:064x}"},
                     {"blockHash": "0x" + block_hash.hex()},
                 ],
             )
@@ -226,7 +227,7 @@ class ChainSource:
                     answers.append(None)
         for answer in answers:
             try:
-                uris.append(str(decode_result(function, answer)[0]) if answer else None)
-            except Exception:
+                uris.append(abi_string(answer) if isinstance(answer, str) and answer else None)
+            except MalformedAnswer:
                 uris.append(None)
         return uris

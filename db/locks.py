@@ -1,0 +1,5 @@
+"""Advisory-lock ids shared by every writer (light module: no SQLAlchemy import)."""
+
+# Every outbox writer takes pg_advisory_xact_lock(OUTBOX_LOCK_ID) so that seqs become visible
+# in order (DESIGN.md, Schema).
+OUTBOX_LOCK_ID = 0x44_69_73_63_6F_01  # "Disco" + 1

@@ -1,0 +1,45 @@
+"""Hex and address encodings shared by every package (light imports: no web3 stack).
+
+Addresses travel as EIP-55 checksummed strings, hashes as 0x-prefixed lowercase hex, and are
+stored as raw bytes (DESIGN.md / docs/schema.md).
+"""
+
+from __future__ import annotations
+
+from eth_hash.auto import keccak as _keccak
+
+
+def keccak(data: bytes) -> bytes:
+    return bytes(_keccak(data))
+
+
+def keccak_text(text: str) -> bytes:
+    return keccak(text.encode())
+
+
+def checksum_address(raw: bytes) -> str:
+    """EIP-55 mixed-case hex of a 20-byte address."""
+    lower = raw.hex()
+    digest = keccak(lower.encode()).hex()
+    return "0x" + "".join(
+        c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c for i, c in enumerate(lower)
+    )
+
+
+def hex0x(raw: bytes) -> str:
+    return "0x" + raw.hex()
+
+
+def parse_address(value: str) -> bytes:
+    """A 20-byte address from hex text: any single case, or mixed case with a valid EIP-55
+    checksum. Raises ValueError saying what is wrong."""
+    if not isinstance(value, str) or len(value) != 42 or value[:2] not in ("0x", "0X"):
+        raise ValueError("not a 0x-prefixed 20-byte hex address")
+    digits = value[2:]
+    try:
+        raw = bytes.fromhex(digits)
+    except ValueError:
+        raise ValueError("not a 0x-prefixed 20-byte hex address") from None
+    if digits != digits.lower() and digits != digits.upper() and checksum_address(raw) != value:
+        raise ValueError("invalid EIP-55 checksum (mixed case that is not the checksum)")
+    return raw
