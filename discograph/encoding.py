@@ -6,6 +6,8 @@ stored as raw bytes (DESIGN.md / docs/schema.md).
 
 from __future__ import annotations
 
+import functools
+
 from eth_hash.auto import keccak as _keccak
 
 
@@ -17,12 +19,15 @@ def keccak_text(text: str) -> bytes:
     return keccak(text.encode())
 
 
+@functools.lru_cache(maxsize=65_536)
 def checksum_address(raw: bytes) -> str:
-    """EIP-55 mixed-case hex of a 20-byte address."""
+    """EIP-55 mixed-case hex of a 20-byte address (cached: holders repeat)."""
     lower = raw.hex()
     digest = keccak(lower.encode()).hex()
+    # A letter is upper-cased where the digest's nibble is 8 or more ('8'..'f' >= '8').
     return "0x" + "".join(
-        c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c for i, c in enumerate(lower)
+        up if nibble >= "8" else low
+        for low, up, nibble in zip(lower, lower.upper(), digest[:40], strict=True)
     )
 
 

@@ -19,6 +19,7 @@ from indexer.projection import Batch
 from indexer.source import is_too_many_results
 
 log = logging.getLogger("discograph.indexer")
+WRITERS = 2
 
 
 class RangeSizer:
@@ -26,7 +27,7 @@ class RangeSizer:
 
     def __init__(
         self,
-        initial: int = 2_000,
+        initial: int = 100,
         *,
         minimum: int = 1,
         maximum: int = 50_000,
@@ -91,19 +92,38 @@ async def backfill(ctx: Context, first: int, end: int) -> int:
             start = batch.last.number + 1
         await queue.put(None)
 
-    async def consume() -> None:
+    async def write(
+        batch: Batch, after: asyncio.Future[None] | None, done: asyncio.Future[None]
+    ) -> None:
         nonlocal committed
+        began = time.perf_counter()
+        try:
+            await ctx.store.commit(batch, after)
+        except BaseException as exc:
+            done.set_exception(exc)
+            raise
+        done.set_result(None)
+        committed = batch.last.number
+        _account(ctx, batch, time.perf_counter() - began, "backfill")
+        ctx.progress.show(committed, end, ctx.view.head)
+
+    async def consume(group: asyncio.TaskGroup) -> None:
+        # Two writers: the next batch copies its events while the previous one finishes;
+        # the checkpoint still moves strictly in order (see Store.commit).
+        slots = asyncio.Semaphore(WRITERS)
+        previous: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
         while (batch := await queue.get()) is not None:
-            began = time.perf_counter()
-            await ctx.store.commit(batch)
-            seconds = time.perf_counter() - began
-            committed = batch.last.number
-            _account(ctx, batch, seconds, "backfill")
-            ctx.progress.show(committed, end, ctx.view.head)
+            await slots.acquire()
+            done: asyncio.Future[None] = loop.create_future()
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())  # mark retrieved
+            task = group.create_task(write(batch, previous, done))
+            task.add_done_callback(lambda _: slots.release())
+            previous = done
 
     async with asyncio.TaskGroup() as group:
         group.create_task(produce())
-        group.create_task(consume())
+        group.create_task(consume(group))
     ctx.progress.show(committed, end, ctx.view.head, force=True)
     return committed
 

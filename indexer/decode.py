@@ -105,6 +105,9 @@ def decode_logs(
     transfers: list[Transfer] = []
     events: list[TokenEvent] = []
     clipped = 0
+    # Hashes and addresses repeat across the logs of a block or transaction: convert once.
+    seen: dict[str, bytes] = {}
+    append = transfers.append
     for log in logs:
         try:
             topics = log["topics"]
@@ -116,25 +119,38 @@ def decode_logs(
             tx_hash = log["transactionHash"]
         except (KeyError, TypeError):
             raise MalformedAnswer(f"log without its required fields: {log!r:.200}") from None
+        if topic0 == TRANSFER_TOPIC and len(topics) == 4 and not log.get("removed"):
+            # The hot path: every field sliced straight out of the JSON strings.
+            try:
+                contract = seen.get(address) or seen.setdefault(
+                    address, _bytes(address, "address", 20)
+                )
+                block = seen.get(block_hash) or seen.setdefault(
+                    block_hash, _bytes(block_hash, "blockHash", 32)
+                )
+                tx = seen.get(tx_hash) or seen.setdefault(
+                    tx_hash, _bytes(tx_hash, "transactionHash", 32)
+                )
+                append(
+                    Transfer(
+                        chain_id,
+                        contract,
+                        int(block_number, 16),
+                        block,
+                        int(log_index, 16),
+                        tx,
+                        bytes.fromhex(topics[1][26:]),
+                        bytes.fromhex(topics[2][26:]),
+                        int(topics[3], 16),
+                    )
+                )
+            except (TypeError, ValueError):
+                raise MalformedAnswer(f"malformed Transfer log: {log!r:.200}") from None
+            continue
         if log.get("removed"):
             raise MalformedAnswer("eth_getLogs answered a removed log")
         if topic0 == TRANSFER_TOPIC:
-            if len(topics) != 4:
-                continue  # ERC-20 Transfer: value in data, not a token
-            transfers.append(
-                Transfer(
-                    chain_id,
-                    _bytes(address, "address", 20),
-                    _int(block_number, "blockNumber"),
-                    _bytes(block_hash, "blockHash", 32),
-                    _int(log_index, "logIndex"),
-                    _bytes(tx_hash, "transactionHash", 32),
-                    bytes.fromhex(topics[1][26:]),
-                    bytes.fromhex(topics[2][26:]),
-                    int(topics[3], 16),
-                )
-            )
-            continue
+            continue  # ERC-20 Transfer (3 topics): an amount, not a token
         contract = _bytes(address, "address", 20)
         if contract not in album_contracts:
             continue

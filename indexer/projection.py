@@ -46,51 +46,101 @@ class Batch:
         return len(self.transfers) + len(self.token_events)
 
 
-async def apply_batch(conn: asyncpg.Connection, batch: Batch, prune_below: int) -> int:
-    """Write one batch; returns the number of outbox rows appended."""
-    announced = 0
-    if batch.announce:
-        # Outbox seqs must become visible in order: one writer at a time (DESIGN.md).
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_LOCK_ID)
+class StaleBatch(Exception):
+    """The checkpoint is not where this batch starts (a batch before it did not commit)."""
+
+
+async def write_history(conn: asyncpg.Connection, batch: Batch) -> None:
+    """The append-only part of a batch (COPY of events). It does not depend on other
+    batches, so two consecutive batches may run this part at the same time."""
     if batch.transfers:
         await conn.copy_records_to_table(
             "transfers", records=batch.transfers, columns=TRANSFER_COLUMNS
         )
-        await _upsert_owners(conn, batch.chain_id, batch.transfers)
     if batch.token_events:
         await conn.copy_records_to_table(
             "token_events", records=batch.token_events, columns=TOKEN_EVENT_COLUMNS
         )
+
+
+async def write_state(conn: asyncpg.Connection, batch: Batch, prune_below: int) -> int:
+    """The ordered part: checkpoint first (its row lock orders batches: a batch can only
+    commit right after the one before it), then owners, album links, window and outbox.
+    Returns the number of outbox rows appended."""
+    await _advance_checkpoint(conn, batch)
+    if batch.transfers:
+        await _upsert_owners(conn, batch.chain_id, batch.transfers)
+    if batch.token_events:
         await _apply_token_events(conn, batch.chain_id, batch.token_events)
     await _store_window(conn, batch, prune_below)
-    await _store_checkpoint(conn, batch)
     if batch.announce and batch.events:
-        announced = await _announce(conn, batch)
-    return announced
+        return await _announce(conn, batch)
+    return 0
+
+
+async def apply_batch(conn: asyncpg.Connection, batch: Batch, prune_below: int) -> int:
+    """Write one whole batch in the caller's transaction; returns outbox rows appended."""
+    await write_history(conn, batch)
+    return await write_state(conn, batch, prune_below)
+
+
+_OWNER_STAGE_COLUMNS = [
+    "contract",
+    "token_id",
+    "owner",
+    "minted_block",
+    "minted_tx",
+    "block_number",
+    "block_hash",
+    "log_index",
+]
 
 
 async def _upsert_owners(
     conn: asyncpg.Connection, chain_id: int, transfers: list[Transfer]
 ) -> None:
     """The last transfer of each token in the batch sets its owner; the first one, if the
-    token is new, its mint block."""
+    token is new, its mint block. Staged with COPY (array parameters cost far more to encode),
+    then one INSERT … ON CONFLICT."""
     last: dict[tuple[bytes, int], Transfer] = {}
     first: dict[tuple[bytes, int], Transfer] = {}
     for transfer in transfers:
         key = (transfer.contract, transfer.token_id)
-        first.setdefault(key, transfer)
+        if key not in first:
+            first[key] = transfer
         last[key] = transfer
-    rows = list(last.values())
+    await conn.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS owner_stage (
+            contract bytea, token_id numeric(78, 0), owner bytea, minted_block bigint,
+            minted_tx bytea, block_number bigint, block_hash bytea, log_index int
+        ) ON COMMIT DELETE ROWS
+        """
+    )
+    await conn.copy_records_to_table(
+        "owner_stage",
+        records=[
+            (
+                t.contract,
+                t.token_id,
+                t.to_address,
+                first[key].block_number,
+                first[key].tx_hash,
+                t.block_number,
+                t.block_hash,
+                t.log_index,
+            )
+            for key, t in last.items()
+        ],
+        columns=_OWNER_STAGE_COLUMNS,
+    )
     await conn.execute(
         """
         INSERT INTO nfts AS n (chain_id, contract, token_id, owner, minted_block, minted_tx,
                                updated_block, updated_block_hash, updated_log_index)
-        SELECT $1, u.contract, u.token_id, u.owner, u.minted_block, u.minted_tx,
-               u.block_number, u.block_hash, u.log_index
-        FROM unnest($2::bytea[], $3::numeric[], $4::bytea[], $5::bigint[], $6::bytea[],
-                    $7::bigint[], $8::bytea[], $9::int[])
-             AS u(contract, token_id, owner, minted_block, minted_tx, block_number, block_hash,
-                  log_index)
+        SELECT $1, s.contract, s.token_id, s.owner, s.minted_block, s.minted_tx,
+               s.block_number, s.block_hash, s.log_index
+        FROM owner_stage s
         ON CONFLICT (chain_id, contract, token_id) DO UPDATE SET
             owner = EXCLUDED.owner,
             updated_block = EXCLUDED.updated_block,
@@ -98,14 +148,6 @@ async def _upsert_owners(
             updated_log_index = EXCLUDED.updated_log_index
         """,
         chain_id,
-        [t.contract for t in rows],
-        [t.token_id for t in rows],
-        [t.to_address for t in rows],
-        [first[(t.contract, t.token_id)].block_number for t in rows],
-        [first[(t.contract, t.token_id)].tx_hash for t in rows],
-        [t.block_number for t in rows],
-        [t.block_hash for t in rows],
-        [t.log_index for t in rows],
     )
 
 
@@ -116,7 +158,7 @@ async def _apply_token_events(
     latest: dict[tuple[bytes, int], list[Any]] = {}
     for event in events:
         key = (event.contract, event.token_id)
-        row = latest.setdefault(key, [event.contract, event.token_id, None, None, 0, b"", 0])
+        row = latest.setdefault(key, [event.contract, str(event.token_id), None, None, 0, b"", 0])
         if event.album_id is not None:
             row[2] = event.album_id
         if event.token_uri is not None:
@@ -135,7 +177,7 @@ async def _apply_token_events(
             updated_log_index = CASE
                 WHEN (u.block_number, u.log_index) > (n.updated_block, n.updated_log_index)
                 THEN u.log_index ELSE n.updated_log_index END
-        FROM unnest($2::bytea[], $3::numeric[], $4::uuid[], $5::text[], $6::bigint[],
+        FROM unnest($2::bytea[], $3::text[]::numeric[], $4::uuid[], $5::text[], $6::bigint[],
                     $7::bytea[], $8::int[])
              AS u(contract, token_id, album_id, token_uri, block_number, block_hash, log_index)
         WHERE n.chain_id = $1 AND n.contract = u.contract AND n.token_id = u.token_id
@@ -175,17 +217,21 @@ async def _store_window(conn: asyncpg.Connection, batch: Batch, prune_below: int
     )
 
 
-async def _store_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
-    await conn.execute(
+async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
+    """Move the checkpoint from `first - 1` to the batch's last block, or fail: a batch never
+    lands on top of a gap (exactly once, in order)."""
+    moved = await conn.fetchval(
         """
-        INSERT INTO checkpoints (chain_id, block_number, block_hash, head_block, safe_block,
-                                 finalized_block, block_timestamp, updated_at)
+        INSERT INTO checkpoints AS c (chain_id, block_number, block_hash, head_block,
+                                      safe_block, finalized_block, block_timestamp, updated_at)
         VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), now())
         ON CONFLICT (chain_id) DO UPDATE SET
             block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash,
             head_block = EXCLUDED.head_block, safe_block = EXCLUDED.safe_block,
             finalized_block = EXCLUDED.finalized_block,
             block_timestamp = EXCLUDED.block_timestamp, updated_at = now()
+        WHERE c.block_number = $8
+        RETURNING 1
         """,
         batch.chain_id,
         batch.last.number,
@@ -194,7 +240,10 @@ async def _store_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
         batch.safe,
         batch.finalized,
         batch.last.timestamp,
+        batch.first - 1,
     )
+    if moved is None:
+        raise StaleBatch(f"checkpoint is not at block {batch.first - 1}: batch not applied")
 
 
 def _address(raw: bytes) -> str:
@@ -238,6 +287,8 @@ async def _append_outbox(
     conn: asyncpg.Connection, chain_id: int, messages: Sequence[dict[str, Any]]
 ) -> int:
     messages = sorted(messages, key=lambda m: (m["block_number"], m["log_index"]))
+    # Outbox seqs must become visible in order: one writer at a time until commit (DESIGN.md).
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_LOCK_ID)
     await conn.execute(
         """
         INSERT INTO outbox (chain_id, kind, payload)
@@ -277,7 +328,6 @@ async def rollback_to(
     re-announced as `removed`; the checkpoint rewinds to the ancestor. `depth` is the reorg's
     depth, or None for an operator's rewind (`discograph reindex`), which is not a reorg.
     """
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_LOCK_ID)
     removed_transfers = await conn.fetch(
         f"DELETE FROM transfers WHERE chain_id = $1 AND block_number > $2 "
         f"RETURNING {', '.join(TRANSFER_COLUMNS)}",

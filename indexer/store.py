@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import asyncpg
 
 from indexer.lease import Lease
-from indexer.projection import Batch, Rollback, apply_batch, rollback_to
+from indexer.projection import Batch, Rollback, rollback_to, write_history, write_state
 from indexer.source import Header
 
 
@@ -39,11 +40,18 @@ class Store:
         )
         return {int(r["number"]): bytes(r["hash"]) for r in rows}
 
-    async def commit(self, batch: Batch) -> int:
-        """Rows, window, checkpoint and outbox of one batch in one fenced transaction."""
+    async def commit(self, batch: Batch, after: Awaitable[object] | None = None) -> int:
+        """Rows, window, checkpoint and outbox of one batch in one fenced transaction.
+
+        With `after` (the commit of the batch before), the events are copied at once and the
+        ordered part waits for it: two batches write in parallel, and still commit in order.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
             await self.lease.assert_held(conn)
-            return await apply_batch(conn, batch, batch.last.number - self.reorg_window)
+            await write_history(conn, batch)
+            if after is not None:
+                await after
+            return await write_state(conn, batch, batch.last.number - self.reorg_window)
 
     async def rollback(self, ancestor: Header, depth: int | None) -> Rollback:
         async with self.pool.acquire() as conn, conn.transaction():

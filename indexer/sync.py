@@ -12,11 +12,14 @@ import contextlib
 import logging
 import random
 
+import asyncpg
+
 from chain.errors import ChainError
 from indexer import metrics
 from indexer.backfill import backfill
 from indexer.context import Context
 from indexer.errors import LeaseLost, MalformedAnswer, ReorgTooDeep
+from indexer.projection import StaleBatch
 from indexer.store import Checkpoint
 from indexer.tip import step, verify_tip
 
@@ -78,7 +81,14 @@ class Indexer:
             except (ReorgTooDeep, LeaseLost):
                 self.ctx.progress.done()
                 raise
-            except (ChainError, MalformedAnswer, OSError) as exc:
+            except (
+                ChainError,
+                MalformedAnswer,
+                StaleBatch,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as exc:
                 failures += 1
                 delay = random.uniform(0, min(10.0, 0.2 * 2**failures))  # noqa: S311
                 metrics.SUSPECT_ANSWERS.labels(reason=type(exc).__name__).inc()
