@@ -34,6 +34,8 @@ import asyncpg
 import msgspec
 from eth_utils.address import to_checksum_address
 
+from bench.reorg import measure_tip_reorgs
+from bench.reorg import report as report_reorg
 from chain.abi import deploy_data, encode_call, event_topic, load_artifact, selector
 from chain.rpc import RpcClient, to_int
 from chain.signer import Signer
@@ -456,13 +458,16 @@ async def server_facts(server_dsn: str) -> str:
     return f"PostgreSQL {version}, durable: {durable} ({settings})"
 
 
-async def measure(setup: Setup, info: ChainInfo, *, skip_discograph: bool) -> int:
+async def measure(
+    setup: Setup, info: ChainInfo, *, skip_discograph: bool, skip_reorg: bool = False
+) -> int:
     """Run, verify and report both pipelines; 1 when a database disagrees with the chain."""
     facts = f"{setup.postgres_origin}: {await server_facts(setup.server_dsn)}"
     tokens = tokens_to_check(info.events, info.per_block, info.minted_tokens)
     async with RpcClient(setup.rpc_url, timeout=60) as rpc:
         owners = await read_owners(rpc, info.contract, tokens)
     results: dict[str, float] = {}
+    reorg: dict[str, Any] | None = None
     runs: list[tuple[str, Callable[[str, str, ChainInfo], Awaitable[float | None]]]]
     runs = [("ideal", ideal_pipeline)]
     if not skip_discograph:
@@ -474,6 +479,9 @@ async def measure(setup: Setup, info: ChainInfo, *, skip_discograph: bool) -> in
                 print("discograph index not available yet")
                 continue
             problems = await verify(dsn, info, owners)
+            if name == "discograph" and not problems and not skip_reorg:
+                # Last: it changes the chain (the cached state file stays as it was).
+                reorg = await measure_tip_reorgs(setup.rpc_url, dsn, info.contract)
         for problem in problems[:20]:
             print(f"MISMATCH {name}: {problem}")
         if problems:
@@ -482,6 +490,8 @@ async def measure(setup: Setup, info: ChainInfo, *, skip_discograph: bool) -> in
         print(f"{name}: verified ({len(owners):,} owners against ownerOf)", flush=True)
         results[name] = seconds
     report(info, results, facts, anvil_rss=_rss_mib(setup.anvil_pid))
+    if reorg is not None:
+        report_reorg(reorg)
     return 0
 
 
@@ -528,6 +538,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-discograph", action="store_true", help="measure the ideal pipeline only"
     )
+    parser.add_argument(
+        "--skip-reorg", action="store_true", help="skip the tip-reorg repair measurement"
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.per_block < 1:
         parser.error("--events and --per-block must be positive")
@@ -558,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
             server_dsn = postgres.dsn("postgres")
             origin = "embedded Postgres in a temp dir, started with durable=False"
         setup = Setup(anvil.rpc_url, server_dsn, origin, anvil.process.pid)
-        return asyncio.run(measure(setup, info, skip_discograph=args.skip_discograph))
+        return asyncio.run(
+            measure(setup, info, skip_discograph=args.skip_discograph, skip_reorg=args.skip_reorg)
+        )
     return 1  # unreachable: ExitStack does not swallow exceptions
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from chain.errors import ReceiptTimeout, TransactionReverted
 from chain.rpc import RpcClient, to_int
 from chain.signer import Signer
+from discograph.encoding import checksum_address
 
 
 async def build_transaction(
@@ -50,7 +51,7 @@ async def build_transaction(
         "type": 2,
     }
     if to is not None:
-        tx["to"] = to
+        tx["to"] = checksum_address(bytes.fromhex(to[2:]))  # eth-account wants EIP-55
     return tx
 
 

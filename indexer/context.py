@@ -27,7 +27,7 @@ class IndexerConfig:
     # At most this many tip blocks are verified and committed together when catching up.
     tip_batch: int = 32
     # How long to wait before re-asking the nodes about a suspected reorg or an empty answer.
-    recheck_wait: float = 0.2
+    recheck_wait: float = 0.1
     empty_log_retries: int = 3
 
 
