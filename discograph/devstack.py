@@ -133,18 +133,6 @@ def describe(found: Services, contract: str, chain_id: int) -> str:
     return "\n".join(lines)
 
 
-async def _wait_for_stop() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 def indexer_settings(settings: Settings, found: Services) -> Settings:
     """The dev stack's indexer follows the chain it started (websocket heads, 1 confirmation)."""
     if not found.local_chain:
@@ -194,6 +182,31 @@ async def _print_indexed(dsn: str) -> None:
 
 
 async def _serve(settings: Settings, found: Services) -> None:
+    """Run the stack until Ctrl-C / SIGTERM, which cancel it cleanly at any point."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await _run_stack(settings, found)
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+        print("Stopping…", flush=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _run_stack(settings: Settings, found: Services) -> None:
     from indexer.service import run_indexer
 
     contract, chain_id = await prepare(settings, found)
@@ -207,11 +220,7 @@ async def _serve(settings: Settings, found: Services) -> None:
         await _wait_indexed(found.database_url, head, indexer)
         await _print_indexed(found.database_url)
         print("Ready: the indexer follows the chain. Press Ctrl-C to stop.", flush=True)
-        stop = asyncio.create_task(_wait_for_stop())
-        done, _ = await asyncio.wait({indexer, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if indexer in done:
-            indexer.result()
-        print("Stopping…", flush=True)
+        await indexer  # runs until stopped; returns only by failing
     finally:
         indexer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from chain.errors import RpcError, RpcTransportError
+from chain.errors import RpcError, RpcMalformedResponse, RpcTransportError
 from indexer import metrics
 from indexer.context import Context
 from indexer.errors import MalformedAnswer
@@ -20,6 +20,16 @@ from indexer.source import is_too_many_results
 
 log = logging.getLogger("discograph.indexer")
 WRITERS = 2
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a task group that is not a cancellation caused by it."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return first_error(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]
 
 
 class RangeSizer:
@@ -63,7 +73,7 @@ async def _fetch(ctx: Context, first: int, end: int, sizer: RangeSizer) -> Batch
             log.info("range too large for the node, halving", extra={"blocks": last - first + 1})
             sizer.shrink()
             continue
-        except (RpcTransportError, MalformedAnswer) as exc:
+        except (RpcTransportError, RpcMalformedResponse, MalformedAnswer) as exc:
             # The fail-over client already retried; a range that keeps failing may be too big.
             failures += 1
             metrics.SUSPECT_ANSWERS.labels(reason=type(exc).__name__).inc()
@@ -121,9 +131,13 @@ async def backfill(ctx: Context, first: int, end: int) -> int:
             task.add_done_callback(lambda _: slots.release())
             previous = done
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(produce())
-        group.create_task(consume(group))
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce())
+            group.create_task(consume(group))
+    except BaseExceptionGroup as failed:
+        # Callers handle plain errors (retry, stop): surface the first real one.
+        raise first_error(failed) from None
     ctx.progress.show(committed, end, ctx.view.head, force=True)
     return committed
 

@@ -51,6 +51,12 @@ class Context:
     store: Store
     progress: Progress = field(default_factory=Progress)
     view: ChainView = field(default_factory=ChainView)
+    # How many tip blocks go in one request: halved after a failed step (a node that fails
+    # large batches still lets us advance), doubled back after each success.
+    tip_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.tip_limit = self.tip_limit or self.config.tip_batch
 
     async def build_batch(
         self,

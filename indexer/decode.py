@@ -70,13 +70,19 @@ class Decoded(NamedTuple):
 def _int(value: Any, field: str) -> int:
     if not isinstance(value, str) or not value.startswith("0x"):
         raise MalformedAnswer(f"log field {field} is not a hex quantity: {value!r}")
-    return int(value, 16)
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise MalformedAnswer(f"log field {field} is not a hex quantity: {value!r}") from None
 
 
 def _bytes(value: Any, field: str, size: int) -> bytes:
-    if not isinstance(value, str) or len(value) != 2 + 2 * size:
+    if not isinstance(value, str) or len(value) != 2 + 2 * size or value[:2] != "0x":
         raise MalformedAnswer(f"log field {field} is not {size} bytes of hex: {value!r}")
-    return bytes.fromhex(value[2:])
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        raise MalformedAnswer(f"log field {field} is not {size} bytes of hex: {value!r}") from None
 
 
 def abi_string(data: str) -> str:
@@ -122,6 +128,8 @@ def decode_logs(
         if topic0 == TRANSFER_TOPIC and len(topics) == 4 and not log.get("removed"):
             # The hot path: every field sliced straight out of the JSON strings.
             try:
+                if len(topics[1]) != 66 or len(topics[2]) != 66 or len(topics[3]) != 66:
+                    raise ValueError("topic is not 32 bytes")
                 contract = seen.get(address) or seen.setdefault(
                     address, _bytes(address, "address", 20)
                 )
@@ -151,36 +159,50 @@ def decode_logs(
             raise MalformedAnswer("eth_getLogs answered a removed log")
         if topic0 == TRANSFER_TOPIC:
             continue  # ERC-20 Transfer (3 topics): an amount, not a token
-        contract = _bytes(address, "address", 20)
-        if contract not in album_contracts:
-            continue
-        common = (
-            chain_id,
-            contract,
-            _int(block_number, "blockNumber"),
-            _bytes(block_hash, "blockHash", 32),
-            _int(log_index, "logIndex"),
-            _bytes(tx_hash, "transactionHash", 32),
-        )
-        data = log.get("data") or "0x"
-        if topic0 == ALBUM_MINTED_TOPIC and len(topics) == 4:
-            album_id = uuid.UUID(bytes=_bytes(topics[2], "albumId", 32)[:16])
-            events.append(
-                TokenEvent(*common, int(topics[1], 16), "album_minted", album_id, abi_string(data))
-            )
-        elif topic0 == METADATA_UPDATE_TOPIC and len(data) >= 66:
-            events.append(TokenEvent(*common, int(data[2:66], 16), "metadata_update", None, None))
-        elif topic0 == BATCH_METADATA_UPDATE_TOPIC and len(data) >= 130:
-            first, last = int(data[2:66], 16), int(data[66:130], 16)
-            if last < first:
-                continue
-            stop = min(last, first + MAX_BATCH_METADATA_TOKENS - 1)
-            clipped += last - stop
-            events.extend(
-                TokenEvent(*common, token_id, "metadata_update", None, None)
-                for token_id in range(first, stop + 1)
-            )
+        try:
+            clipped += _decode_token_event(chain_id, log, album_contracts, events)
+        except (ValueError, TypeError, KeyError, IndexError):
+            raise MalformedAnswer(f"malformed log: {log!r:.200}") from None
     return Decoded(transfers, _fold_mint_updates(events), clipped)
+
+
+def _decode_token_event(
+    chain_id: int, log: dict[str, Any], album_contracts: frozenset[bytes], out: list[TokenEvent]
+) -> int:
+    """AlbumMinted / ERC-4906 events of album contracts into `out`; returns tokens clipped."""
+    topics = log["topics"]
+    topic0 = topics[0] if topics else None
+    contract = _bytes(log["address"], "address", 20)
+    if contract not in album_contracts:
+        return 0
+    common = (
+        chain_id,
+        contract,
+        _int(log["blockNumber"], "blockNumber"),
+        _bytes(log["blockHash"], "blockHash", 32),
+        _int(log["logIndex"], "logIndex"),
+        _bytes(log["transactionHash"], "transactionHash", 32),
+    )
+    data = log.get("data") or "0x"
+    if not isinstance(data, str) or not data.startswith("0x"):
+        raise MalformedAnswer(f"log data is not hex: {data!r:.100}")
+    if topic0 == ALBUM_MINTED_TOPIC and len(topics) == 4:
+        album_id = uuid.UUID(bytes=_bytes(topics[2], "albumId", 32)[:16])
+        token_id = int(_bytes(topics[1], "tokenId", 32).hex(), 16)
+        out.append(TokenEvent(*common, token_id, "album_minted", album_id, abi_string(data)))
+    elif topic0 == METADATA_UPDATE_TOPIC and len(data) >= 66:
+        out.append(TokenEvent(*common, int(data[2:66], 16), "metadata_update", None, None))
+    elif topic0 == BATCH_METADATA_UPDATE_TOPIC and len(data) >= 130:
+        first, last = int(data[2:66], 16), int(data[66:130], 16)
+        if last < first:
+            return 0
+        stop = min(last, first + MAX_BATCH_METADATA_TOKENS - 1)
+        out.extend(
+            TokenEvent(*common, token_id, "metadata_update", None, None)
+            for token_id in range(first, stop + 1)
+        )
+        return last - stop
+    return 0
 
 
 def _fold_mint_updates(events: list[TokenEvent]) -> list[TokenEvent]:

@@ -8,6 +8,7 @@ when it dies). Every write transaction re-checks that our connection still holds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -73,8 +74,10 @@ class Lease:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
-                await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
-            except (asyncpg.PostgresError, OSError):
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 pass  # the connection is gone, and the lock with it
             finally:
-                await conn.close()
+                with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                    await conn.close()

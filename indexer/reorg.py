@@ -32,6 +32,7 @@ async def find_common_ancestor(
     window: dict[int, bytes],
     below: int,
     *,
+    tip: int,
     reorg_window: int,
     finalized: int | None,
 ) -> Header:
@@ -48,4 +49,4 @@ async def find_common_ancestor(
                 return header
     oldest = min(window) if window else below
     suggested = (finalized + 1) if finalized is not None else max(0, below - 2 * reorg_window)
-    raise ReorgTooDeep(below, oldest, reorg_window, min(suggested, oldest))
+    raise ReorgTooDeep(tip, oldest, reorg_window, min(suggested, oldest))

@@ -103,7 +103,7 @@ async def run_indexer(
     """Run the indexer until `until` (None: forever); returns the last indexed block."""
     if not settings.rpc_url:
         raise ConfigError("RPC_URL is not set")
-    async with FailoverRpc(settings.rpc_url) as rpc:
+    async with FailoverRpc(settings.rpc_url, timeout=settings.rpc_timeout) as rpc:
         chain_id = await chain_id_of(rpc, settings)
         pool = await create_pool(database_url, min_size=1, max_size=4)
         lease = Lease(database_url, chain_id)

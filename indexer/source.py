@@ -55,7 +55,10 @@ def parse_header(raw: Any) -> Header:
 def _quantity(raw: Any, what: str) -> int:
     if not isinstance(raw, str) or not raw.startswith("0x"):
         raise MalformedAnswer(f"{what} is not a quantity: {raw!r:.100}")
-    return int(raw, 16)
+    try:
+        return int(raw, 16)
+    except ValueError:
+        raise MalformedAnswer(f"{what} is not a quantity: {raw!r:.100}") from None
 
 
 _TOKEN_URI = "0x" + keccak_text("tokenURI(uint256)")[:4].hex()
@@ -156,14 +159,29 @@ class ChainSource:
         header = parse_header(raw_header)
         if not isinstance(logs, list):
             raise MalformedAnswer("eth_getLogs did not answer a list")
-        last_hash = "0x" + header.hash.hex()
+        hashes: dict[int, set[str]] = {}
         for log in logs:
+            if not isinstance(log, dict):
+                raise MalformedAnswer("eth_getLogs answered a non-object log")
             number = _quantity(log.get("blockNumber"), "log blockNumber")
             if not first <= number <= last:
                 raise InconsistentAnswer(f"log of block {number} outside [{first}, {last}]")
-            if number == last and log.get("blockHash") != last_hash:
-                raise InconsistentAnswer(f"logs of block {last} are from another fork")
+            hashes.setdefault(number, set()).add(str(log.get("blockHash")))
+        await self._check_log_blocks(hashes, header)
         return logs, header
+
+    async def _check_log_blocks(self, hashes: dict[int, set[str]], last: Header) -> None:
+        """Every log must name the hash of its block's header: one header per block with logs,
+        fetched in one batch (the range's last header is already at hand)."""
+        known = {last.number: "0x" + last.hash.hex()}
+        missing = sorted(n for n in hashes if n not in known)
+        for header in await self.headers(missing):
+            if header is None:
+                raise InconsistentAnswer("the node lost a block while answering")
+            known[header.number] = "0x" + header.hash.hex()
+        for number, seen in hashes.items():
+            if seen != {known[number]}:
+                raise InconsistentAnswer(f"logs of block {number} do not match its header")
 
     async def logs_of_blocks(self, headers: Sequence[Header]) -> list[list[dict[str, Any]]]:
         """Watched logs of each block, fetched by block hash (EIP-234), checked against it."""
@@ -195,6 +213,29 @@ class ChainSource:
                         f"a log fetched for block {header.number} names another block"
                     )
         return answers
+
+    async def logs_from_receipts(self, header: Header) -> list[dict[str, Any]] | None:
+        """Our logs of one block from its receipts (a second, independent answer), or None
+        when the node cannot serve block receipts."""
+        try:
+            receipts = await self.rpc.call("eth_getBlockReceipts", ["0x" + header.hash.hex()])
+        except RpcError:
+            return None
+        if not isinstance(receipts, list):
+            return None
+        watched = set(self._addresses)
+        topics = set(self._filter_topics[0])
+        expected = "0x" + header.hash.hex()
+        found = []
+        for receipt in receipts:
+            for log in receipt.get("logs") or []:
+                address = str(log.get("address", "")).lower()
+                log_topics = log.get("topics") or []
+                if address in watched and log_topics and log_topics[0] in topics:
+                    if log.get("blockHash") != expected:
+                        raise InconsistentAnswer("a receipt log names another block")
+                    found.append(log)
+        return found
 
     async def token_uris(self, requests: Sequence[tuple[bytes, int, bytes]]) -> list[str | None]:
         """`tokenURI(id)` of (contract, token id, block hash) as of that block (EIP-1898).

@@ -90,6 +90,7 @@ class Indexer:
                 asyncpg.InterfaceError,
             ) as exc:
                 failures += 1
+                self.ctx.tip_limit = max(1, self.ctx.tip_limit // 2)
                 delay = random.uniform(0, min(10.0, 0.2 * 2**failures))  # noqa: S311
                 metrics.SUSPECT_ANSWERS.labels(reason=type(exc).__name__).inc()
                 log.warning(

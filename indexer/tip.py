@@ -33,7 +33,7 @@ async def step(ctx: Context, tip: Checkpoint, until: int) -> bool:
     head = ctx.view.head
     if head < tip.block_number:
         return await _head_below_tip(ctx, tip, head)
-    last = min(head, until, tip.block_number + ctx.config.tip_batch)
+    last = min(head, until, tip.block_number + ctx.tip_limit)
     if last <= tip.block_number:
         return False
     fetched = await ctx.source.headers(list(range(tip.block_number + 1, last + 1)))
@@ -62,6 +62,7 @@ async def step(ctx: Context, tip: Checkpoint, until: int) -> bool:
     )
     await ctx.store.commit(batch)
     _account(ctx, batch, time.perf_counter() - began, "tip")
+    ctx.tip_limit = min(ctx.config.tip_batch, ctx.tip_limit * 2)
     return True
 
 
@@ -83,7 +84,24 @@ async def _recheck_empty_answers(
         again = await ctx.source.logs_of_blocks([headers[i] for i in suspects])
         for i, block_logs in zip(suspects, again, strict=True):
             logs[i] = block_logs
-    # Still empty after the retries: the bloom filter matched by chance (it can).
+    # Still empty: ask the block's receipts, an independent answer. Empty there too means
+    # the bloom filter matched by chance (it can); no receipts support means we must trust.
+    for i, (header, block_logs) in enumerate(zip(headers, logs, strict=True)):
+        if block_logs or not block_may_have_logs(header.logs_bloom, ctx.source.contracts):
+            continue
+        from_receipts = await ctx.source.logs_from_receipts(header)
+        if from_receipts:
+            metrics.SUSPECT_ANSWERS.labels(reason="logs_found_in_receipts").inc()
+            log.warning(
+                "eth_getLogs kept answering [] for a block with our logs: used its receipts",
+                extra={"block": header.number},
+            )
+            logs[i] = from_receipts
+        elif from_receipts is None:
+            log.warning(
+                "empty eth_getLogs answer not confirmable (no eth_getBlockReceipts): trusted",
+                extra={"block": header.number},
+            )
     return logs
 
 
@@ -125,6 +143,7 @@ async def _repair(ctx: Context, tip: Checkpoint, window: dict[int, bytes], below
         ctx.source,
         window,
         below,
+        tip=tip.block_number,
         reorg_window=ctx.config.reorg_window,
         finalized=ctx.view.finalized,
     )
