@@ -1,7 +1,8 @@
 """Tip reorg repair time: a depth-N reorg (anvil_reorg) under a live indexer, timed.
 
-The clock starts when `anvil_reorg` has replaced the last N blocks and stops when the
-indexer's checkpoint is the new head (number and hash): detection, walk back to the common
+The clock starts when `anvil_reorg` is called (the indexer may see the new branch while anvil
+still builds it) and stops when the indexer's checkpoint is the new head (number and hash):
+anvil's own work, detection, the re-check against the nodes, walk back to the common
 ancestor, rollback of the orphaned rows and re-application of the new branch, all included.
 Run inside `bench.backfill` (after the discograph run, on its database) or alone:
 `python -m bench.reorg` (a small chain of its own).
@@ -98,6 +99,7 @@ async def measure_tip_reorgs(
     indexer_log.setLevel(logging.INFO)
     indexer_log.propagate = False
     totals: list[float] = []
+    calls: list[float] = []
     async with RpcClient(rpc_url, timeout=60) as rpc:
         task = asyncio.create_task(run_indexer(settings, dsn, progress=Progress(io.StringIO())))
         conn = await asyncpg.connect(dsn)
@@ -121,8 +123,11 @@ async def measure_tip_reorgs(
                     ]
                     for offset in range(depth)
                 ]
-                await rpc.call("anvil_reorg", [depth, replacement])
+                # The indexer may notice the new branch while anvil is still building it, so
+                # the clock starts before the call (anvil's own time is reported apart).
                 began = time.perf_counter()
+                await rpc.call("anvil_reorg", [depth, replacement])
+                calls.append(time.perf_counter() - began)
                 await _wait_synced(conn, rpc)
                 totals.append(time.perf_counter() - began)
         finally:
@@ -137,6 +142,7 @@ async def measure_tip_reorgs(
         "depth": depth,
         "rounds": rounds,
         "total_ms": [round(s * 1000, 1) for s in totals],
+        "anvil_ms": [round(s * 1000, 1) for s in calls],
         "rollback_ms": [round(s * 1000, 1) for s in repairs.seconds],
         "median_total_ms": round(statistics.median(totals) * 1000, 1),
         "max_total_ms": round(max(totals) * 1000, 1),
@@ -148,7 +154,8 @@ def report(result: dict[str, Any]) -> None:
         f"\ntip reorg of depth {result['depth']} ({result['rounds']} rounds, live indexer, "
         "newHeads + 20 ms polling)"
     )
-    print(f"  detected → repaired → new branch indexed: {result['total_ms']} ms")
+    print(f"  anvil_reorg call → new branch indexed: {result['total_ms']} ms")
+    print(f"  of which anvil building the new branch: {result['anvil_ms']} ms")
     print(f"  rollback transaction alone: {result['rollback_ms']} ms")
     met = result["max_total_ms"] <= 250
     print(
