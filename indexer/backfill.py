@@ -152,7 +152,10 @@ def _account(ctx: Context, batch: Batch, seconds: float, mode: str) -> None:
     metrics.INDEXED_BLOCK.set(batch.last.number)
     metrics.LAG_BLOCKS.set(max(ctx.view.head - batch.last.number, 0))
     metrics.LAG_SECONDS.set(max(time.time() - batch.last.timestamp, 0))
-    log.info(
+    # Empty tip blocks (one per block on an idle chain) only at DEBUG.
+    level = logging.INFO if batch.events or mode == "backfill" else logging.DEBUG
+    log.log(
+        level,
         "batch committed",
         extra={
             "mode": mode,
