@@ -7,6 +7,7 @@ template, so tests never see each other's rows; anvil is per test (it starts in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -47,77 +48,55 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _admin(pg_admin_url: str) -> asyncpg.Connection:
-    return await asyncpg.connect(with_database(pg_admin_url, "postgres"))
+@contextlib.asynccontextmanager
+async def scratch_database(
+    pg_admin_url: str, prefix: str, template: str | None = None
+) -> AsyncIterator[str]:
+    """A database created for the duration of the block (cloned from `template` if given)."""
+    name = f"{prefix}_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
+    clone = f' TEMPLATE "{template}"' if template else ""
+    admin = await asyncpg.connect(with_database(pg_admin_url, "postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"{clone}')
+    finally:
+        await admin.close()
+    try:
+        yield name
+    finally:
+        admin = await asyncpg.connect(with_database(pg_admin_url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @pytest_asyncio.fixture(scope="session")
 async def template_database(pg_admin_url: str) -> AsyncIterator[str]:
     """A database migrated to head once per run; each test clones it."""
-    name = f"dg_template_{RUN_TAG}"
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    await migrate(with_database(pg_admin_url, name))
-    yield name
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_url, "dg_template") as name:
+        await migrate(with_database(pg_admin_url, name))
+        yield name
 
 
 @pytest_asyncio.fixture
 async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all (migration tests)."""
-    name = f"dg_empty_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(pg_admin_url, name)
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_url, "dg_empty") as name:
+        yield with_database(pg_admin_url, name)
 
 
 @pytest_asyncio.fixture
 async def database_url(pg_admin_url: str, template_database: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test only."""
-    name = f"dg_test_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await admin.close()
-    yield with_database(pg_admin_url, name)
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_url, "dg_test", template_database) as name:
+        yield with_database(pg_admin_url, name)
 
 
 @pytest_asyncio.fixture
 async def second_database_url(pg_admin_url: str, template_database: str) -> AsyncIterator[str]:
     """Another fresh, migrated database (e.g. for a fresh index to compare with)."""
-    name = f"dg_test2_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await admin.close()
-    yield with_database(pg_admin_url, name)
-    admin = await _admin(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_url, "dg_test2", template_database) as name:
+        yield with_database(pg_admin_url, name)
 
 
 @pytest_asyncio.fixture
