@@ -51,7 +51,12 @@ class Store:
             await write_history(conn, batch)
             if after is not None:
                 await after
-            return await write_state(conn, batch, batch.last.number - self.reorg_window)
+            return await write_state(conn, batch, self.prune_below(batch))
+
+    def prune_below(self, batch: Batch) -> int:
+        """Window blocks below this number are dropped: older than REORG_WINDOW, or below
+        the finalized block (which no reorg can undo)."""
+        return max(batch.last.number - self.reorg_window, batch.finalized or 0)
 
     async def rollback(self, ancestor: Header, depth: int | None) -> Rollback:
         async with self.pool.acquire() as conn, conn.transaction():

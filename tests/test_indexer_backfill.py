@@ -6,8 +6,10 @@ import random
 
 import asyncpg
 
+from chain.abi import encode_call, load_artifact
 from chain.rpc import RpcClient
 from chain.signer import Signer
+from chain.transact import send_transaction
 from discograph.localchain import Anvil
 from tests.indexing import (
     ChainDriver,
@@ -86,3 +88,49 @@ async def test_live_indexing_matches_a_fresh_index(
     assert await _owners_in_db(database_url) == {
         (c.lower(), t): o for (c, t), o in driver.owners.items()
     }
+
+
+async def test_metadata_updates_refresh_the_uri_and_a_reorg_restores_the_previous_one(
+    anvil: Anvil,
+    rpc: RpcClient,
+    dev_signers: list[Signer],
+    database_url: str,
+    second_database_url: str,
+) -> None:
+    driver = ChainDriver(rpc, dev_signers, random.Random(5))
+    (album,) = await driver.deploy(1)
+    _, token_id = await driver.mint()
+    settings = indexer_settings(anvil.rpc_url, ALBUM_CONTRACT=album)
+    set_uri = load_artifact("AlbumNFT").function("setTokenURI")
+
+    async def uri_in_db() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return str(
+                await conn.fetchval("SELECT token_uri FROM nfts WHERE token_id = $1", token_id)
+            )
+        finally:
+            await conn.close()
+
+    async with live_indexer(database_url, settings) as task:
+        await wait_synced(database_url, rpc, task=task)
+        original = await uri_in_db()
+        assert original.startswith("ipfs://test/")
+        await send_transaction(
+            rpc, driver.minter, to=album, data=encode_call(set_uri, token_id, "ipfs://v2.json")
+        )
+        await wait_synced(database_url, rpc, task=task)
+        assert await uri_in_db() == "ipfs://v2.json"
+
+        snapshot = await rpc.call("evm_snapshot")
+        await send_transaction(
+            rpc, driver.minter, to=album, data=encode_call(set_uri, token_id, "ipfs://v3.json")
+        )
+        await wait_synced(database_url, rpc, task=task)
+        assert await uri_in_db() == "ipfs://v3.json"
+        await rpc.call("evm_revert", [snapshot])
+        await rpc.call("anvil_mine", ["0x2"])  # a longer branch without the update
+        await wait_synced(database_url, rpc, task=task)
+        assert await uri_in_db() == "ipfs://v2.json"
+    await index_to_head(second_database_url, settings)
+    assert await projection(database_url) == await projection(second_database_url)
