@@ -120,6 +120,24 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    with _database(settings) as dsn:
+        app = create_app(settings, dsn)
+        print(f"API on http://{settings.http_host}:{settings.http_port} (OpenAPI at /schema)")
+        uvicorn.run(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    return 0
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from discograph.status import print_status
 
@@ -203,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--from", dest="from_block", type=_block, required=True, metavar="BLOCK")
     reindex.add_argument("--until", type=_until, default=None, metavar="BLOCK|head")
     reindex.set_defaults(handler=cmd_index)
+
+    api = commands.add_parser("api", help="serve the read API (HTTP_HOST:HTTP_PORT)")
+    api.set_defaults(handler=cmd_api)
 
     status = commands.add_parser(
         "status", help="chain head, indexed block, lag, safe/finalized block and the last reorg"

@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     reorg_window: Positive = 128
     poll_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     rpc_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    ready_max_lag: NonNegative = 20
     jwt_secret: Secret | None = None
     minter_private_key: Secret | None = None
     minter_key_file: str | None = None

@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -155,3 +156,16 @@ async def album_contract(rpc: RpcClient, dev_signers: list[Signer]) -> str:
     """A freshly deployed AlbumNFT; dev account 0 is admin and minter."""
     address, _ = await deploy_album_nft(rpc, dev_signers[0])
     return address
+
+
+@pytest_asyncio.fixture
+async def api_client(database_url: str) -> AsyncIterator[Any]:
+    """The real API app (lifespan, pool, hooks) on this test's database, in process."""
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+    from discograph.settings import load_settings
+
+    settings = load_settings({"DATABASE_URL": database_url, "METRICS_PORT": "0"}, env_file=None)
+    async with AsyncTestClient(app=create_app(settings, database_url)) as client:
+        yield client

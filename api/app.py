@@ -1,0 +1,85 @@
+"""The Litestar application factory: `create_app(settings, database_url)`.
+
+The API only reads chain-derived rows and writes catalog rows; it holds no key and never
+talks to the chain (an import-linter contract keeps it so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, MediaType, Request, Response, Router
+from litestar.config.response_cache import ResponseCacheConfig
+from litestar.exceptions import HTTPException
+from litestar.openapi.config import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+
+from api.routes import health, status
+from api.state import add_indexed_header, load_chain_view
+from db.engine import create_pool
+from discograph import __version__
+from discograph.settings import Settings
+
+READ_ROUTERS: list[Any] = [status.StatusController]
+
+
+def _error(status_code: int, detail: str, extra: Any = None) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"status_code": status_code, "detail": detail}
+    if extra is not None:
+        body["extra"] = extra
+    return Response(body, status_code=status_code, media_type=MediaType.JSON)
+
+
+def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return _error(HTTP_503_SERVICE_UNAVAILABLE, "database unavailable, retry shortly")
+
+
+def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, exc.detail, exc.extra or None)
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+
+
+def create_app(settings: Settings, database_url: str) -> Litestar:
+    """Build the app; the asyncpg pool opens in the app's lifespan (inside its loop)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(database_url, min_size=1, max_size=10)
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)
+    reads = Router(
+        path="/",
+        route_handlers=READ_ROUTERS,
+        before_request=load_chain_view,
+    )
+    return Litestar(
+        route_handlers=[reads, health.HealthController, PrometheusController],
+        lifespan=[lifespan],
+        before_send=[add_indexed_header],
+        middleware=[prometheus.middleware],
+        exception_handlers={
+            asyncpg.PostgresConnectionError: _database_down,
+            asyncpg.InterfaceError: _database_down,
+            OSError: _database_down,
+            HTTPException: _unexpected,
+            Exception: _unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Discograph",
+            version=__version__,
+            description="Reorg-safe read model of album NFTs: albums, NFTs, owners, transfers.",
+            path="/schema",
+        ),
+        response_cache_config=ResponseCacheConfig(default_expiration=60),
+        request_max_body_size=1024 * 1024,
+    )

@@ -1,0 +1,46 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Controller, Request, Response, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from api.schemas import Health
+from db.reads import chain_view
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/live", summary="The process answers")
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", summary="Postgres answers and the indexer is within READY_MAX_LAG blocks")
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[Health]:
+        max_lag = request.app.state.settings.ready_max_lag
+        try:
+            view = await chain_view(request.app.state.pool)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return Response(
+                Health("unavailable", database=False, detail="database unreachable"),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        if view is None:
+            return Response(
+                Health("unavailable", database=True, detail="nothing indexed yet"),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        indexed = int(view["block_number"])
+        head = view["head_block"]
+        lag = max(head - indexed, 0) if head is not None else None
+        if lag is not None and lag > max_lag:
+            return Response(
+                Health("unavailable", True, indexed, lag, f"indexer lags more than {max_lag}"),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(Health("ok", True, indexed, lag), status_code=HTTP_200_OK)
