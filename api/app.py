@@ -18,13 +18,20 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
-from api.routes import health, status
+from api.routes import albums, health, nfts, status
 from api.state import add_indexed_header, load_chain_view
 from db.engine import create_pool
 from discograph import __version__
 from discograph.settings import Settings
 
 READ_ROUTERS: list[Any] = [status.StatusController]
+READ_ROUTERS += [albums.AlbumController, albums.ArtistAlbumsController]
+READ_ROUTERS += [
+    nfts.NftController,
+    nfts.OwnerController,
+    nfts.TransferController,
+    nfts.HolderController,
+]
 
 
 def _error(status_code: int, detail: str, extra: Any = None) -> Response[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import msgspec
@@ -81,3 +82,12 @@ def decode_cursor(value: str | None, shape: tuple[type, ...]) -> list[Any] | Non
     ):
         raise invalid("cursor", "not a cursor this API issued", value)
     return key
+
+
+def reject_unknown(query: Iterable[str], allowed: Collection[str]) -> None:
+    """A 400 naming the first query parameter (of `request.query_params`) not in `allowed`."""
+    for name in query:
+        if name not in allowed:
+            raise invalid(
+                name[:100], f"unknown query parameter (allowed: {', '.join(sorted(allowed))})"
+            )
