@@ -8,6 +8,7 @@ import asyncpg
 
 from chain.errors import ChainError
 from chain.rpc import RpcClient
+from discograph.encoding import checksum_address
 from discograph.settings import Settings
 
 
@@ -51,6 +52,6 @@ async def print_status(settings: Settings, dsn: str) -> None:
             print("  last reorg   none seen")
     for c in contracts:
         print(
-            f"  contract     {c['kind']:<6} 0x{bytes(c['address']).hex()} "
+            f"  contract     {c['kind']:<6} {checksum_address(bytes(c['address']))} "
             f"(chain {c['chain_id']}, from block {c['start_block']})"
         )

@@ -60,7 +60,7 @@ class RangeSizer:
             self.size = min(self.maximum, self.size * 2)
 
 
-async def _fetch(ctx: Context, first: int, end: int, sizer: RangeSizer) -> Batch:
+async def _fetch(ctx: Context, first: int, end: int, sizer: RangeSizer, *, announce: bool) -> Batch:
     """One range starting at `first`, shrinking the range until the node answers it."""
     failures = 0
     while True:
@@ -85,11 +85,17 @@ async def _fetch(ctx: Context, first: int, end: int, sizer: RangeSizer) -> Batch
             await asyncio.sleep(min(0.1 * 2**failures, 5.0))
             continue
         sizer.observe(len(logs), last - first + 1)
-        return await ctx.build_batch(first, header, logs)
+        return await ctx.build_batch(first, header, logs, announce=announce)
 
 
 async def backfill(ctx: Context, first: int, end: int) -> int:
-    """Index blocks `first..end` (end included); returns the last committed block."""
+    """Index blocks `first..end` (end included); returns the last committed block.
+
+    History from before the feed began is not announced (the API serves it); once the feed
+    has started, blocks backfilled after a downtime are announced like tip blocks, so feed
+    clients see no gap.
+    """
+    announce = await ctx.store.feed_started()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)
     sizer = RangeSizer()
     committed = first - 1
@@ -97,7 +103,7 @@ async def backfill(ctx: Context, first: int, end: int) -> int:
     async def produce() -> None:
         start = first
         while start <= end:
-            batch = await _fetch(ctx, start, end, sizer)
+            batch = await _fetch(ctx, start, end, sizer, announce=announce)
             await queue.put(batch)
             start = batch.last.number + 1
         await queue.put(None)

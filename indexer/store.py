@@ -33,6 +33,14 @@ class Store:
             return None
         return Checkpoint(int(row["block_number"]), bytes(row["block_hash"]))
 
+    async def feed_started(self) -> bool:
+        """Whether anything was announced on the feed for this chain yet."""
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE chain_id = $1)", self.chain_id
+            )
+        )
+
     async def window(self) -> dict[int, bytes]:
         """Stored block hashes by number (the recent, unfinalized window)."""
         rows = await self.pool.fetch(

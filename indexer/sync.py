@@ -77,6 +77,10 @@ class Indexer:
                     self.ctx.progress.done()
                     return indexed
                 if not progressed:
+                    if self.tip is not None:
+                        await self.ctx.store.record_chain_view(
+                            self.ctx.view.head, self.ctx.view.safe, self.ctx.view.finalized
+                        )
                     await self._idle()
             except (ReorgTooDeep, LeaseLost):
                 self.ctx.progress.done()

@@ -134,3 +134,34 @@ async def test_metadata_updates_refresh_the_uri_and_a_reorg_restores_the_previou
         assert await uri_in_db() == "ipfs://v2.json"
     await index_to_head(second_database_url, settings)
     assert await projection(database_url) == await projection(second_database_url)
+
+
+async def test_blocks_backfilled_after_a_downtime_are_announced_on_the_feed(
+    anvil: Anvil, rpc: RpcClient, dev_signers: list[Signer], database_url: str
+) -> None:
+    driver = ChainDriver(rpc, dev_signers, random.Random(17))
+    (album,) = await driver.deploy(1)
+    settings = indexer_settings(anvil.rpc_url, ALBUM_CONTRACT=album)
+    async with live_indexer(database_url, settings) as task:
+        await driver.random_activity(4)
+        tip = await wait_synced(database_url, rpc, task=task)
+    # Down: activity that becomes final (backfilled on restart, below anvil's finalized tag).
+    await driver.random_activity(6)
+    await rpc.call("anvil_mine", ["0x50"])
+    await index_to_head(database_url, settings)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT block_hash, log_index FROM transfers WHERE block_number > $1", tip
+        )
+        announced = await conn.fetch(
+            "SELECT payload->>'block_hash' AS h, (payload->>'log_index')::int AS i FROM outbox"
+            " WHERE kind = 'transfer' AND (payload->>'block_number')::bigint > $1",
+            tip,
+        )
+    finally:
+        await conn.close()
+    assert len(rows) >= 6
+    assert {("0x" + bytes(r["block_hash"]).hex(), r["log_index"]) for r in rows} == {
+        (r["h"], r["i"]) for r in announced
+    }
