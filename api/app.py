@@ -18,6 +18,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
+from api.freshness import IndexedBlock
 from api.routes import albums, health, nfts, status
 from api.state import add_indexed_header, load_chain_view
 from db.engine import create_pool
@@ -34,11 +35,13 @@ READ_ROUTERS += [
 ]
 
 
-def _error(status_code: int, detail: str, extra: Any = None) -> Response[dict[str, Any]]:
+def _error(
+    status_code: int, detail: str, extra: Any = None, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {"status_code": status_code, "detail": detail}
     if extra is not None:
         body["extra"] = extra
-    return Response(body, status_code=status_code, media_type=MediaType.JSON)
+    return Response(body, status_code=status_code, media_type=MediaType.JSON, headers=headers)
 
 
 def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -47,7 +50,7 @@ def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[s
 
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, HTTPException):
-        return _error(exc.status_code, exc.detail, exc.extra or None)
+        return _error(exc.status_code, exc.detail, exc.extra or None, exc.headers)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
 
 
@@ -58,9 +61,12 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(database_url, min_size=1, max_size=10)
         app.state.settings = settings
+        app.state.indexed = IndexedBlock(database_url)
+        await app.state.indexed.start()
         try:
             yield
         finally:
+            await app.state.indexed.stop()
             await app.state.pool.close()
 
     prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)

@@ -9,7 +9,8 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 import msgspec
-from litestar.exceptions import ValidationException
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
 
 from discograph.encoding import parse_address
 
@@ -31,6 +32,13 @@ def address(field: str, value: str) -> bytes:
     try:
         return parse_address(value)
     except ValueError as exc:
+        if "checksum" in str(exc):
+            # Well-formed but mistyped (the EIP-55 case pattern does not match): 422.
+            raise HTTPException(
+                status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+                detail=f"Invalid {field}: {exc}",
+                extra=[{"key": field, "message": str(exc), "source": "parameter"}],
+            ) from None
         raise invalid(field, str(exc), value) from None
 
 
@@ -42,6 +50,13 @@ def token_id(field: str, value: str) -> int:
     if number > UINT256_MAX:
         raise invalid(field, "must be at most 2**256 - 1", value)
     return number
+
+
+def block_number(field: str, value: str) -> int:
+    """A block number: decimal, 0 ≤ N < 2**63."""
+    if not value.isascii() or not value.isdigit() or len(value) > 19 or int(value) >= 2**63:
+        raise invalid(field, "must be a block number (decimal, 0 or more)", value)
+    return int(value)
 
 
 def album_id(field: str, value: str) -> uuid.UUID:
@@ -87,7 +102,8 @@ def decode_cursor(value: str | None, shape: tuple[type, ...]) -> list[Any] | Non
 def reject_unknown(query: Iterable[str], allowed: Collection[str]) -> None:
     """A 400 naming the first query parameter (of `request.query_params`) not in `allowed`."""
     for name in query:
-        if name not in allowed:
+        # `min_block` (read-your-writes wait) is valid on every read route.
+        if name not in allowed and name != "min_block":
             raise invalid(
                 name[:100], f"unknown query parameter (allowed: {', '.join(sorted(allowed))})"
             )

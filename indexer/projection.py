@@ -14,12 +14,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from db.locks import OUTBOX_LOCK_ID
+from db.locks import CHECKPOINT_CHANNEL, OUTBOX_CHANNEL, OUTBOX_LOCK_ID
 from discograph.encoding import checksum_address
 from indexer.decode import TokenEvent, Transfer
 from indexer.source import Header
 
-OUTBOX_CHANNEL = "discograph_outbox"
 TRANSFER_COLUMNS = list(Transfer._fields)
 TOKEN_EVENT_COLUMNS = list(TokenEvent._fields)
 
@@ -244,6 +243,9 @@ async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
     )
     if moved is None:
         raise StaleBatch(f"checkpoint is not at block {batch.first - 1}: batch not applied")
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", CHECKPOINT_CHANNEL, f"{batch.chain_id}:{batch.last.number}"
+    )
 
 
 def _address(raw: bytes) -> str:
@@ -377,6 +379,9 @@ async def rollback_to(
         ancestor.hash,
         ancestor.timestamp,
         depth,
+    )
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", CHECKPOINT_CHANNEL, f"{chain_id}:{ancestor.number}"
     )
     removed = [transfer_message(r) for r in removed_transfers]
     removed += [token_event_message(r) for r in removed_events]

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -169,3 +170,35 @@ async def api_client(database_url: str) -> AsyncIterator[Any]:
     settings = load_settings({"DATABASE_URL": database_url, "METRICS_PORT": "0"}, env_file=None)
     async with AsyncTestClient(app=create_app(settings, database_url)) as client:
         yield client
+
+
+@pytest.fixture
+def api_url(database_url: str) -> Iterator[str]:
+    """The real API served by uvicorn on a free loopback port (own thread and event loop),
+    for tests where the server and the test must run concurrently."""
+    import threading
+
+    import uvicorn
+
+    from api.app import create_app
+    from discograph.processes import free_port
+    from discograph.settings import load_settings
+
+    settings = load_settings({"DATABASE_URL": database_url, "METRICS_PORT": "0"}, env_file=None)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, database_url), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,81 @@
+"""The indexed block, tracked from the indexer's commit notifications: `?min_block` waits.
+
+One LISTEN connection per API process follows `discograph_checkpoint` (sent inside each
+indexer transaction, so it arrives when the rows are visible); a slow poll covers missed
+notifications and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from db.locks import CHECKPOINT_CHANNEL
+from db.reads import chain_view
+
+log = logging.getLogger("discograph.api")
+
+
+class IndexedBlock:
+    """The latest indexed block this process knows of, and waiting for a given one."""
+
+    def __init__(self, dsn: str, *, poll: float = 1.0) -> None:
+        self.dsn = dsn
+        self.poll = poll
+        self.block = -1
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _set(self, block: int) -> None:
+        async with self._changed:
+            self.block = block  # a rollback may move it down: the newest answer wins
+            self._changed.notify_all()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            block = int(payload.split(":", 1)[1])
+        except (IndexError, ValueError):
+            return
+        asyncio.get_running_loop().create_task(self._set(block))
+
+    async def _follow(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                while True:
+                    view = await chain_view(conn)
+                    if view is not None:
+                        await self._set(int(view["block_number"]))
+                    await asyncio.sleep(self.poll)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("indexed-block listener lost, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(self.poll)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def wait_for(self, block: int, timeout: float) -> bool:
+        """True once the indexed block reaches `block`; False after `timeout` seconds."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.block >= block), timeout)
+            except TimeoutError:
+                return False
+        return True
