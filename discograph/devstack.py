@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from discograph.deployment import deploy_and_record
 from discograph.embedded import start_postgres, start_valkey
 from discograph.errors import ConfigError
 from discograph.localchain import ANVIL_CHAIN_ID, ANVIL_DEV_KEYS, start_anvil
+from discograph.processes import free_port, port_open
 from discograph.settings import Settings, redact_url
 
 log = logging.getLogger("discograph.dev")
@@ -206,6 +207,44 @@ async def _serve(settings: Settings, found: Services) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _api_port(settings: Settings) -> int:
+    """HTTP_PORT if it is free, else any free port (a second dev stack must not fail)."""
+    if port_open(settings.http_host, settings.http_port):
+        return free_port(settings.http_host)
+    return settings.http_port
+
+
+@contextlib.asynccontextmanager
+async def _serve_api(settings: Settings, found: Services) -> AsyncIterator[str]:
+    """The read API on uvicorn, in this process and event loop; yields its base URL."""
+    import uvicorn
+
+    from api.app import create_app
+
+    class EmbeddedServer(uvicorn.Server):
+        # The dev stack owns SIGINT/SIGTERM: uvicorn must not take them over.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    port = _api_port(settings)
+    app = create_app(settings.with_values(database_url=found.database_url), found.database_url)
+    server = EmbeddedServer(
+        uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the API server stopped while starting")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://{settings.http_host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def _run_stack(settings: Settings, found: Services) -> None:
     from indexer.service import run_indexer
 
@@ -219,8 +258,10 @@ async def _run_stack(settings: Settings, found: Services) -> None:
     try:
         await _wait_indexed(found.database_url, head, indexer)
         await _print_indexed(found.database_url)
-        print("Ready: the indexer follows the chain. Press Ctrl-C to stop.", flush=True)
-        await indexer  # runs until stopped; returns only by failing
+        async with _serve_api(settings, found) as api_url:
+            print(f"  API        {api_url}  (OpenAPI: {api_url}/schema, try {api_url}/albums)")
+            print("Ready: the indexer follows the chain. Press Ctrl-C to stop.", flush=True)
+            await indexer  # runs until stopped; returns only by failing
     finally:
         indexer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

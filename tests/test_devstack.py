@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -194,6 +196,13 @@ def test_dev_stack_runs_demo_and_stops_cleanly_on_ctrl_c(
             await conn.close()
 
     asyncio.run(check())
+    # The read API serves the indexed demo.
+    api = dev.value("API")
+    with urllib.request.urlopen(f"{api}/albums", timeout=10) as response:  # noqa: S310
+        albums = json.loads(response.read())["items"]
+        assert response.headers["X-Indexed-Block"]
+    assert len(albums) == 4
+    assert all(a["status"] == "minted" and a["nft"] is not None for a in albums)
     dev.popen.send_signal(signal.SIGINT)
     assert dev.popen.wait(timeout=30) == 0
     assert _wait_gone(pids) == []
