@@ -18,9 +18,11 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
+from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
 from api.freshness import IndexedBlock
+from api.middleware import ChainVersionMiddleware
 from api.routes import albums, health, nfts, status
-from api.state import add_indexed_header, load_chain_view
+from api.state import add_read_headers, load_chain_view
 from db.engine import create_pool
 from discograph import __version__
 from discograph.settings import Settings
@@ -54,7 +56,9 @@ def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
 
 
-def create_app(settings: Settings, database_url: str) -> Litestar:
+def create_app(
+    settings: Settings, database_url: str, *, cache_namespace: str = "discograph:responses"
+) -> Litestar:
     """Build the app; the asyncpg pool opens in the app's lifespan (inside its loop)."""
 
     @asynccontextmanager
@@ -78,8 +82,8 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
     return Litestar(
         route_handlers=[reads, health.HealthController, PrometheusController],
         lifespan=[lifespan],
-        before_send=[add_indexed_header],
-        middleware=[prometheus.middleware],
+        before_send=[add_read_headers],
+        middleware=[prometheus.middleware, ChainVersionMiddleware()],
         exception_handlers={
             asyncpg.PostgresConnectionError: _database_down,
             asyncpg.InterfaceError: _database_down,
@@ -93,6 +97,9 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             description="Reorg-safe read model of album NFTs: albums, NFTs, owners, transfers.",
             path="/schema",
         ),
-        response_cache_config=ResponseCacheConfig(default_expiration=60),
+        stores={CACHE_STORE: cache_store(settings.redis_url, cache_namespace)},
+        response_cache_config=ResponseCacheConfig(
+            store=CACHE_STORE, key_builder=cache_key, default_expiration=CACHE_TTL
+        ),
         request_max_body_size=1024 * 1024,
     )

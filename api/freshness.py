@@ -26,10 +26,26 @@ class IndexedBlock:
         self.dsn = dsn
         self.poll = poll
         self.block = -1
+        self.hash = ""
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def version(self) -> str:
+        """What cache keys are versioned by: block and hash, the same on every replica once
+        they have seen the same commit, and never reused after a reorg (the hash differs)."""
+        return f"{self.block}:{self.hash[:18]}"
+
     async def start(self) -> None:
+        view = None
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                view = await chain_view(conn)
+            finally:
+                await conn.close()
+        if view is not None:
+            await self._set(int(view["block_number"]), "0x" + bytes(view["block_hash"]).hex())
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
@@ -38,17 +54,19 @@ class IndexedBlock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _set(self, block: int) -> None:
+    async def _set(self, block: int, block_hash: str) -> None:
         async with self._changed:
-            self.block = block  # a rollback may move it down: the newest answer wins
+            # A rollback may move it down: the newest answer wins.
+            self.block, self.hash = block, block_hash
             self._changed.notify_all()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        parts = payload.split(":")
         try:
-            block = int(payload.split(":", 1)[1])
+            block, block_hash = int(parts[1]), parts[2]
         except (IndexError, ValueError):
             return
-        asyncio.get_running_loop().create_task(self._set(block))
+        asyncio.get_running_loop().create_task(self._set(block, block_hash))
 
     async def _follow(self) -> None:
         while True:
@@ -59,7 +77,8 @@ class IndexedBlock:
                 while True:
                     view = await chain_view(conn)
                     if view is not None:
-                        await self._set(int(view["block_number"]))
+                        block_hash = "0x" + bytes(view["block_hash"]).hex()
+                        await self._set(int(view["block_number"]), block_hash)
                     await asyncio.sleep(self.poll)
             except asyncio.CancelledError:
                 raise

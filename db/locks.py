@@ -7,4 +7,4 @@ OUTBOX_LOCK_ID = 0x44_69_73_63_6F_01  # "Disco" + 1
 # LISTEN/NOTIFY channels. The indexer notifies both inside its write transactions, so the
 # notifications arrive exactly when the rows become visible (on commit).
 OUTBOX_CHANNEL = "discograph_outbox"  # payload "<chain_id>:<messages appended>"
-CHECKPOINT_CHANNEL = "discograph_checkpoint"  # payload "<chain_id>:<indexed block>"
+CHECKPOINT_CHANNEL = "discograph_checkpoint"  # payload "<chain_id>:<block>:<0x block hash>"

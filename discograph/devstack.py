@@ -228,7 +228,10 @@ async def _serve_api(settings: Settings, found: Services) -> AsyncIterator[str]:
             yield
 
     port = _api_port(settings)
-    app = create_app(settings.with_values(database_url=found.database_url), found.database_url)
+    app = create_app(
+        settings.with_values(database_url=found.database_url, redis_url=found.redis_url),
+        found.database_url,
+    )
     server = EmbeddedServer(
         uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning")
     )

@@ -244,7 +244,9 @@ async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
     if moved is None:
         raise StaleBatch(f"checkpoint is not at block {batch.first - 1}: batch not applied")
     await conn.execute(
-        "SELECT pg_notify($1, $2)", CHECKPOINT_CHANNEL, f"{batch.chain_id}:{batch.last.number}"
+        "SELECT pg_notify($1, $2)",
+        CHECKPOINT_CHANNEL,
+        f"{batch.chain_id}:{batch.last.number}:0x{batch.last.hash.hex()}",
     )
 
 
@@ -381,7 +383,9 @@ async def rollback_to(
         depth,
     )
     await conn.execute(
-        "SELECT pg_notify($1, $2)", CHECKPOINT_CHANNEL, f"{chain_id}:{ancestor.number}"
+        "SELECT pg_notify($1, $2)",
+        CHECKPOINT_CHANNEL,
+        f"{chain_id}:{ancestor.number}:0x{ancestor.hash.hex()}",
     )
     removed = [transfer_message(r) for r in removed_transfers]
     removed += [token_event_message(r) for r in removed_events]

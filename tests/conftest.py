@@ -173,7 +173,7 @@ async def api_client(database_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def api_url(database_url: str) -> Iterator[str]:
+def api_url(database_url: str, redis_url: str) -> Iterator[str]:
     """The real API served by uvicorn on a free loopback port (own thread and event loop),
     for tests where the server and the test must run concurrently."""
     import threading
@@ -184,11 +184,13 @@ def api_url(database_url: str) -> Iterator[str]:
     from discograph.processes import free_port
     from discograph.settings import load_settings
 
-    settings = load_settings({"DATABASE_URL": database_url, "METRICS_PORT": "0"}, env_file=None)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, database_url), host="127.0.0.1", port=port, log_level="warning"
+    settings = load_settings(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "METRICS_PORT": "0"},
+        env_file=None,
     )
+    port = free_port()
+    app = create_app(settings, database_url, cache_namespace=f"test:{uuid.uuid4().hex}")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ import asyncpg
 from litestar import Controller, Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from api.cache import CACHE_STORE, FailSoftStore
 from api.schemas import Health
 from db.reads import chain_view
 
@@ -42,5 +43,12 @@ class HealthController(Controller):
             return Response(
                 Health("unavailable", True, indexed, lag, f"indexer lags more than {max_lag}"),
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        cache = request.app.stores.get(CACHE_STORE)
+        if isinstance(cache, FailSoftStore) and not cache.healthy:
+            # Still serving (from Postgres): ready, but say the cache is out.
+            return Response(
+                Health("degraded", True, indexed, lag, "response cache (Redis) unavailable"),
+                status_code=HTTP_200_OK,
             )
         return Response(Health("ok", True, indexed, lag), status_code=HTTP_200_OK)

@@ -193,6 +193,7 @@ class NftController(Controller):
 
     @get(
         "/{contract:str}/{token_id:str}",
+        cache=True,
         summary="One NFT: owner, album, token URI, mint and last transfer, with provenance",
     )
     async def nft(
@@ -217,6 +218,7 @@ class NftController(Controller):
 
     @get(
         "/{contract:str}/{token_id:str}/transfers",
+        cache=True,
         summary="Transfer history of one NFT, newest first (keyset pagination)",
     )
     async def history(
@@ -247,6 +249,7 @@ class OwnerController(Controller):
 
     @get(
         "/{address:str}/nfts",
+        cache=True,
         summary="NFTs held by an address, by (contract, token id) (keyset pagination)",
     )
     async def owned(
@@ -289,7 +292,8 @@ class TransferController(Controller):
     tags = ["transfers"]
 
     @get(
-        summary="Transfers newest first; filters contract, address (either side), token id, blocks"
+        cache=True,
+        summary="Transfers newest first; filters contract, address (either side), token id, blocks",
     )
     async def transfers(
         self,
@@ -340,6 +344,7 @@ class HolderController(Controller):
 
     @get(
         "/{contract:str}/holders",
+        cache=True,
         summary="Holders of a contract with their token count, most first (keyset pagination)",
     )
     async def holders(

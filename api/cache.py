@@ -1,0 +1,100 @@
+"""Response caching in Redis through Litestar's response cache, never stale after a commit.
+
+Keys carry the version of the indexed chain (block number and hash) that this process knows
+from the indexer's commit notifications: once a commit is known, every key moves on, so no
+cached answer predates an event this process could already have announced. Redis being down
+turns the cache into misses (answers come from Postgres), never into errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from litestar import Request
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from redis.exceptions import RedisError
+
+log = logging.getLogger("discograph.api")
+CACHE_STORE = "response_cache"
+CACHE_TTL = 300  # seconds; versioned keys never go stale, the TTL only frees memory
+
+
+def cache_key(request: Request[Any, Any, Any]) -> str:
+    """Path, sorted query (without `min_block`, which only delays) and the chain version."""
+    state = request.scope.get("state", {})
+    query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "min_block")
+    encoded = "&".join(f"{k}={v}" for k, v in query)
+    return f"{request.url.path}?{encoded}@{state.get('cache_version', 'none')}"
+
+
+class FailSoftStore(Store):
+    """A store that treats a failing backend (Redis down) as a cache miss and says so."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.healthy = True
+
+    def _failed(self, exc: Exception) -> None:
+        if self.healthy:
+            log.warning(
+                "response cache unavailable, answering from Postgres", extra={"error": repr(exc)}
+            )
+        self.healthy = False
+
+    async def set(
+        self, key: str, value: str | bytes, expires_in: int | timedelta | None = None
+    ) -> None:
+        try:
+            await self.inner.set(key, value, expires_in)
+            self.healthy = True
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        try:
+            value = await self.inner.get(key, renew_for)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        self.healthy = True
+        return value
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.inner.delete(key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def delete_all(self) -> None:
+        try:
+            await self.inner.delete_all()
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return await self.inner.exists(key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+
+    async def expires_in(self, key: str) -> int | None:
+        try:
+            return await self.inner.expires_in(key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.inner.__aexit__(*exc)  # type: ignore[arg-type]
+
+
+def cache_store(redis_url: str | None, namespace: str = "discograph:responses") -> FailSoftStore:
+    """Redis when configured (shared by every replica), else this process's memory."""
+    if redis_url is None:
+        return FailSoftStore(MemoryStore())
+    return FailSoftStore(RedisStore.with_client(url=redis_url, namespace=namespace))
