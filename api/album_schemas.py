@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from api.schemas import Finality
+from api.schemas import Address, BlockNumber, Cursor, Finality, Hash, TokenId
 
 AlbumStatus = Literal["draft", "minting", "minted", "failed"]
 
@@ -16,7 +16,7 @@ AlbumStatus = Literal["draft", "minting", "minted", "failed"]
 class ArtistRef(msgspec.Struct, frozen=True):
     id: uuid.UUID
     name: str
-    wallet: str | None
+    wallet: Address | None
 
 
 class Track(msgspec.Struct, frozen=True):
@@ -29,12 +29,12 @@ class Track(msgspec.Struct, frozen=True):
 class AlbumNft(msgspec.Struct, frozen=True):
     """The token that carries the album, as indexed, with the provenance of its current state."""
 
-    contract: str
-    token_id: str
-    owner: str
+    contract: Address
+    token_id: TokenId
+    owner: Address
     token_uri: str | None
-    block_number: int
-    block_hash: str
+    block_number: BlockNumber
+    block_hash: Hash
     finality: Finality
 
 
@@ -51,4 +51,4 @@ class Album(msgspec.Struct, frozen=True):
 
 class AlbumPage(msgspec.Struct, frozen=True):
     items: list[Album]
-    next_cursor: str | None
+    next_cursor: Cursor

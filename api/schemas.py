@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-Finality = Literal["unsafe", "safe", "finalized"]
+Finality = Annotated[
+    Literal["unsafe", "safe", "finalized"],
+    msgspec.Meta(
+        description="How sure the fact is: its block is finalized, safe, or above the safe block"
+    ),
+]
+Address = Annotated[
+    str,
+    msgspec.Meta(
+        description="EIP-55 checksummed address",
+        examples=["0x70997970C51812dc3A010C7d01b50e0d17dc79C8"],
+    ),
+]
+TokenId = Annotated[str, msgspec.Meta(description="uint256 as a decimal string", examples=["42"])]
+Hash = Annotated[
+    str,
+    msgspec.Meta(
+        description="32-byte hash, 0x-prefixed lowercase hex",
+        examples=["0x89b3bcc1ce9fe33260bcea5e844a89945f9771a760cf13b6d635ca9018e98adf"],
+    ),
+]
+BlockNumber = Annotated[int, msgspec.Meta(ge=0, description="Block number", examples=[1234])]
+Cursor = Annotated[
+    str | None,
+    msgspec.Meta(description="Opaque cursor of the next page (pass as ?cursor=); null at the end"),
+]
 
 
 class ContractInfo(msgspec.Struct, frozen=True):
