@@ -44,6 +44,14 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_compose_runs_two_indexers_and_two_api_replicas() -> None:
+    services = _services()
+    assert services["indexer"]["command"] == ["index"]
+    assert services["indexer"]["deploy"]["replicas"] == 2
+    assert services["api"]["command"] == ["api"]
+    assert services["api"]["deploy"]["replicas"] == 2
+
+
 def test_compose_declares_the_local_stack_services() -> None:
     services = _services()
     assert {"postgres", "redis", *DISCOGRAPH_SERVICES} <= services.keys()
