@@ -9,10 +9,22 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 from litestar.utils.scope.state import ScopeState
 
+from api.schemas import Finality
 from db.reads import chain_view
 
 INDEXED_HEADER = "X-Indexed-Block"
 CACHE_HEADER = "X-Cache"
+
+
+def finality_of(block: int, view: Any) -> Finality:
+    """How sure the indexer is of a fact from `block`, from its view of the chain (the
+    checkpoint row's safe and finalized blocks)."""
+    if view is not None:
+        if view["finalized_block"] is not None and block <= view["finalized_block"]:
+            return "finalized"
+        if view["safe_block"] is not None and block <= view["safe_block"]:
+            return "safe"
+    return "unsafe"
 
 
 async def load_chain_view(request: Request[Any, Any, Any]) -> None:

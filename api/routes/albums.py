@@ -17,7 +17,7 @@ from litestar.params import Parameter
 
 from api import params
 from api.album_schemas import Album, AlbumNft, AlbumPage, AlbumStatus, ArtistRef, Track
-from api.schemas import Finality
+from api.state import finality_of
 from db import catalog_reads
 from discograph.encoding import checksum_address, hex0x
 
@@ -34,16 +34,6 @@ LimitParam = Parameter(
 CursorParam = Parameter(description="Opaque cursor: `next_cursor` of the previous page")
 StatusParam = Parameter(description="Only albums in this status")
 UuidParam = Parameter(description="UUID")
-
-
-def finality(block: int, view: asyncpg.Record | None) -> Finality:
-    """How sure the indexer is of a fact from `block`, from its view of the chain."""
-    if view is not None:
-        if view["finalized_block"] is not None and block <= view["finalized_block"]:
-            return "finalized"
-        if view["safe_block"] is not None and block <= view["safe_block"]:
-            return "safe"
-    return "unsafe"
 
 
 def _cursor_of(row: asyncpg.Record) -> str:
@@ -72,7 +62,7 @@ def _nft(row: asyncpg.Record, view: asyncpg.Record | None) -> AlbumNft | None:
         token_uri=row["nft_token_uri"],
         block_number=block,
         block_hash=hex0x(bytes(row["nft_block_hash"])),
-        finality=finality(block, view),
+        finality=finality_of(block, view),
     )
 
 

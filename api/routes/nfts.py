@@ -18,7 +18,7 @@ from litestar.status_codes import HTTP_409_CONFLICT
 
 from api import params
 from api.nft_schemas import Holder, HolderPage, LastTransfer, Nft, NftPage, Transfer, TransferPage
-from api.schemas import Finality
+from api.state import finality_of
 from db import chain_reads
 from discograph.encoding import checksum_address, hex0x
 
@@ -71,15 +71,6 @@ def _block(field: str, value: int | None) -> int | None:
     if value is not None and not 0 <= value <= BIGINT_MAX:
         raise params.invalid(field, "must be a block number (0 .. 2**63 - 1)", value)
     return value
-
-
-def _finality(view: asyncpg.Record | None, block: int) -> Finality:
-    if view is not None:
-        if view["finalized_block"] is not None and block <= view["finalized_block"]:
-            return "finalized"
-        if view["safe_block"] is not None and block <= view["safe_block"]:
-            return "safe"
-    return "unsafe"
 
 
 def _as_of(
@@ -138,7 +129,7 @@ def _nft(row: asyncpg.Record, chain_id: int, view: asyncpg.Record | None) -> Nft
         last_transfer=last,
         block_number=block,
         block_hash=hex0x(bytes(row["block_hash"])),
-        finality=_finality(view, block),
+        finality=finality_of(block, view),
     )
 
 
@@ -154,7 +145,7 @@ def _transfer(row: asyncpg.Record, view: asyncpg.Record | None) -> Transfer:
         log_index=int(row["log_index"]),
         block_number=block,
         block_hash=hex0x(bytes(row["block_hash"])),
-        finality=_finality(view, block),
+        finality=finality_of(block, view),
     )
 
 
