@@ -27,14 +27,16 @@ class IndexedBlock:
         self.poll = poll
         self.block = -1
         self.hash = ""
+        self.rollbacks = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def version(self) -> str:
         """What cache keys are versioned by: block and hash, the same on every replica once
-        they have seen the same commit, and never reused after a reorg (the hash differs)."""
-        return f"{self.block}:{self.hash[:18]}"
+        they have seen the same commit; the rollback generation makes sure a version is never
+        reused after the chain went back (a reorg returns to an ancestor's block and hash)."""
+        return f"{self.block}:{self.hash[:18]}:{self.rollbacks}"
 
     async def start(self) -> None:
         view = None
@@ -45,7 +47,7 @@ class IndexedBlock:
             finally:
                 await conn.close()
         if view is not None:
-            await self._set(int(view["block_number"]), "0x" + bytes(view["block_hash"]).hex())
+            await self._set_view(view)
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
@@ -54,31 +56,38 @@ class IndexedBlock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _set(self, block: int, block_hash: str) -> None:
+    async def _set(self, block: int, block_hash: str, rollbacks: int) -> None:
         async with self._changed:
             # A rollback may move it down: the newest answer wins.
-            self.block, self.hash = block, block_hash
+            self.block, self.hash, self.rollbacks = block, block_hash, rollbacks
             self._changed.notify_all()
+
+    async def _set_view(self, view: asyncpg.Record) -> None:
+        block_hash = "0x" + bytes(view["block_hash"]).hex()
+        await self._set(int(view["block_number"]), block_hash, int(view["rollbacks"]))
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         parts = payload.split(":")
         try:
-            block, block_hash = int(parts[1]), parts[2]
+            block, block_hash, rollbacks = int(parts[1]), parts[2], int(parts[3])
         except (IndexError, ValueError):
             return
-        asyncio.get_running_loop().create_task(self._set(block, block_hash))
+        asyncio.get_running_loop().create_task(self._set(block, block_hash, rollbacks))
 
     async def _follow(self) -> None:
         while True:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.dsn)
-                await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                try:
+                    await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                except asyncpg.PostgresError as exc:
+                    # A read replica cannot LISTEN: polling alone keeps the version moving.
+                    log.warning("LISTEN refused, polling only", extra={"error": repr(exc)})
                 while True:
                     view = await chain_view(conn)
                     if view is not None:
-                        block_hash = "0x" + bytes(view["block_hash"]).hex()
-                        await self._set(int(view["block_number"]), block_hash)
+                        await self._set_view(view)
                     await asyncio.sleep(self.poll)
             except asyncio.CancelledError:
                 raise

@@ -9,7 +9,8 @@ async def chain_view(conn: asyncpg.Connection | asyncpg.Pool) -> asyncpg.Record 
     """The indexer's checkpoint and view of the chain (the single indexed chain)."""
     return await conn.fetchrow(
         "SELECT chain_id, block_number, block_hash, head_block, safe_block, finalized_block,"
-        " block_timestamp, last_reorg_depth, last_reorg_block, last_reorg_at, updated_at"
+        " block_timestamp, last_reorg_depth, last_reorg_block, last_reorg_at, rollbacks,"
+        " updated_at"
         " FROM checkpoints ORDER BY chain_id LIMIT 1"
     )
 

@@ -147,6 +147,9 @@ checkpoints = Table(
     Column("last_reorg_depth", Integer, nullable=True),
     Column("last_reorg_block", BigInteger, nullable=True),
     Column("last_reorg_at", DateTime(timezone=True), nullable=True),
+    # Bumped by every rollback (reorg or reindex): with block number and hash it versions
+    # cached API answers, so a version is never reused after the chain went back.
+    Column("rollbacks", BigInteger, nullable=False, server_default="0"),
     _updated_at(),
 )
 

@@ -230,7 +230,7 @@ async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
             finalized_block = EXCLUDED.finalized_block,
             block_timestamp = EXCLUDED.block_timestamp, updated_at = now()
         WHERE c.block_number = $8
-        RETURNING 1
+        RETURNING c.rollbacks
         """,
         batch.chain_id,
         batch.last.number,
@@ -246,7 +246,7 @@ async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
     await conn.execute(
         "SELECT pg_notify($1, $2)",
         CHECKPOINT_CHANNEL,
-        f"{batch.chain_id}:{batch.last.number}:0x{batch.last.hash.hex()}",
+        f"{batch.chain_id}:{batch.last.number}:0x{batch.last.hash.hex()}:{moved}",
     )
 
 
@@ -366,15 +366,17 @@ async def rollback_to(
     await conn.execute(
         "DELETE FROM blocks WHERE chain_id = $1 AND number > $2", chain_id, ancestor.number
     )
-    await conn.execute(
+    rollbacks = await conn.fetchval(
         """
         UPDATE checkpoints SET block_number = $2, block_hash = $3,
             block_timestamp = to_timestamp($4),
             last_reorg_depth = COALESCE($5, last_reorg_depth),
             last_reorg_block = CASE WHEN $5::int IS NULL THEN last_reorg_block ELSE $2 END,
             last_reorg_at = CASE WHEN $5::int IS NULL THEN last_reorg_at ELSE now() END,
+            rollbacks = rollbacks + 1,
             updated_at = now()
         WHERE chain_id = $1
+        RETURNING rollbacks
         """,
         chain_id,
         ancestor.number,
@@ -385,7 +387,7 @@ async def rollback_to(
     await conn.execute(
         "SELECT pg_notify($1, $2)",
         CHECKPOINT_CHANNEL,
-        f"{chain_id}:{ancestor.number}:0x{ancestor.hash.hex()}",
+        f"{chain_id}:{ancestor.number}:0x{ancestor.hash.hex()}:{rollbacks or 0}",
     )
     removed = [transfer_message(r) for r in removed_transfers]
     removed += [token_event_message(r) for r in removed_events]

@@ -83,8 +83,8 @@ class Store:
     async def record_chain_view(self, head: int, safe: int | None, finalized: int | None) -> None:
         """Refresh head/safe/finalized between batches (drives finality labels and lag)."""
         await self.pool.execute(
-            "UPDATE checkpoints SET head_block = $2, safe_block = $3, finalized_block = $4 "
-            "WHERE chain_id = $1",
+            "UPDATE checkpoints SET head_block = $2, safe_block = $3, finalized_block = $4,"
+            " updated_at = now() WHERE chain_id = $1",
             self.chain_id,
             head,
             safe,

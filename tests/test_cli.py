@@ -105,7 +105,7 @@ async def test_migrate_command_migrates_a_configured_database(
     assert result.returncode == 0, result.stderr
     conn = await asyncpg.connect(empty_database_url)
     try:
-        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0002"
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0003"
     finally:
         await conn.close()
 

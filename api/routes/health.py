@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,9 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from api.cache import CACHE_STORE, FailSoftStore
 from api.schemas import Health
 from db.reads import chain_view
+
+# The active indexer touches its checkpoint at least every POLL_INTERVAL (default 1 s).
+INDEXER_SILENCE = 60.0
 
 
 class HealthController(Controller):
@@ -39,6 +43,13 @@ class HealthController(Controller):
         indexed = int(view["block_number"])
         head = view["head_block"]
         lag = max(head - indexed, 0) if head is not None else None
+        silent = (datetime.now(UTC) - view["updated_at"]).total_seconds()
+        if silent > INDEXER_SILENCE:
+            # A stopped indexer freezes its own lag figure: its silence gives it away.
+            return Response(
+                Health("unavailable", True, indexed, lag, f"indexer silent for {silent:.0f}s"),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
         if lag is not None and lag > max_lag:
             return Response(
                 Health("unavailable", True, indexed, lag, f"indexer lags more than {max_lag}"),
