@@ -350,24 +350,39 @@ class HolderController(Controller):
         params.reject_unknown(request.query_params.keys(), PAGE | OWNERSHIP)
         where = params.address("contract", contract)
         size = params.limit(limit)
-        key = params.decode_cursor(cursor, (int, str))
+        # Counts change while a client pages, and they are the sort key: the cursor pins the
+        # block the walk started at, so every page reads the same snapshot (no skip, no repeat).
+        key = params.decode_cursor(cursor, (int, str, int))
         after = None
-        if key is not None:
-            if not 1 <= key[0] <= BIGINT_MAX:
-                raise params.invalid("cursor", "not a cursor this API issued", cursor)
-            after = (int(key[0]), _raw_hex(key[1], 20, cursor))
         as_of = _as_of(request, at_block, finality)
+        if key is not None:
+            if not 1 <= key[0] <= BIGINT_MAX or not 0 <= key[2] <= BIGINT_MAX:
+                raise params.invalid("cursor", "not a cursor this API issued", cursor)
+            if key[2] > request.state.indexed_block:
+                raise params.invalid("cursor", "its block is not indexed (anymore)", cursor)
+            after = (int(key[0]), _raw_hex(key[1], 20, cursor))
+            as_of = int(key[2])
         chain_id = _chain_id(request)
         if chain_id is None:
             return HolderPage(items=[], next_cursor=None)
-        rows = await chain_reads.holders(
-            request.app.state.pool, chain_id, where, at_block=as_of, after=after, limit=size + 1
-        )
+        async with (
+            request.app.state.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            # The rows and the block they reflect come from one snapshot.
+            snapshot = as_of
+            if snapshot is None:
+                snapshot = await conn.fetchval(
+                    "SELECT block_number FROM checkpoints WHERE chain_id = $1", chain_id
+                )
+            rows = await chain_reads.holders(
+                conn, chain_id, where, at_block=as_of, after=after, limit=size + 1
+            )
         next_cursor = None
         if len(rows) > size:
             rows = rows[:size]
             next_cursor = params.encode_cursor(
-                [int(rows[-1]["count"]), bytes(rows[-1]["owner"]).hex()]
+                [int(rows[-1]["count"]), bytes(rows[-1]["owner"]).hex(), int(snapshot)]
             )
         return HolderPage(
             items=[
