@@ -22,7 +22,7 @@ from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
 from api.freshness import IndexedBlock
 from api.middleware import ChainVersionMiddleware
 from api.routes import albums, health, nfts, status
-from api.state import add_read_headers, load_chain_view
+from api.state import add_read_headers
 from db.engine import create_pool
 from discograph import __version__
 from discograph.settings import Settings
@@ -74,11 +74,7 @@ def create_app(
             await app.state.pool.close()
 
     prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)
-    reads = Router(
-        path="/",
-        route_handlers=READ_ROUTERS,
-        before_request=load_chain_view,
-    )
+    reads = Router(path="/", route_handlers=READ_ROUTERS)
     return Litestar(
         route_handlers=[reads, health.HealthController, PrometheusController],
         lifespan=[lifespan],

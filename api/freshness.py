@@ -1,4 +1,5 @@
-"""The indexed block, tracked from the indexer's commit notifications: `?min_block` waits.
+"""The indexed block, tracked from the indexer's commit notifications: `?min_block` waits
+wake on them instead of polling the database in a tight loop.
 
 One LISTEN connection per API process follows `discograph_checkpoint` (sent inside each
 indexer transaction, so it arrives when the rows are visible); a slow poll covers missed
@@ -30,13 +31,6 @@ class IndexedBlock:
         self.rollbacks = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def version(self) -> str:
-        """What cache keys are versioned by: block and hash, the same on every replica once
-        they have seen the same commit; the rollback generation makes sure a version is never
-        reused after the chain went back (a reorg returns to an ancestor's block and hash)."""
-        return f"{self.block}:{self.hash[:18]}:{self.rollbacks}"
 
     async def start(self) -> None:
         view = None

@@ -1,13 +1,17 @@
 """Before any route (and before the response cache): the chain version, and `?min_block`.
 
 It runs ahead of Litestar's response cache, so cache hits too carry `X-Indexed-Block` and
-honour `?min_block` (read-your-writes): a read waits, bounded, until the indexer is there.
+honour `?min_block` (read-your-writes). The version is read from the checkpoint row on every
+request (one primary-key lookup): once the indexer has committed a block, no request — on any
+replica — uses a cache key of an older version, so no answer older than that commit is served.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import asyncpg
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
@@ -15,6 +19,7 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api import params
+from db.reads import chain_view
 
 MIN_BLOCK_WAIT = 5.0  # seconds a `?min_block` read may wait for the indexer
 
@@ -28,22 +33,44 @@ def _min_block(scope: Scope) -> int | None:
     return None
 
 
+def version_of(view: asyncpg.Record | None) -> str:
+    """Block, hash and rollback generation: equal on every replica for the same commit, and
+    never reused after the chain went back (a reorg returns to an ancestor's block and hash)."""
+    if view is None:
+        return "empty"
+    return f"{view['block_number']}:{bytes(view['block_hash']).hex()[:16]}:{view['rollbacks']}"
+
+
+def _block(view: asyncpg.Record | None) -> int:
+    return int(view["block_number"]) if view is not None else -1
+
+
 class ChainVersionMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
+    # Probes, metrics and the schema do not read chain data.
+    should_bypass_for_scope = staticmethod(
+        lambda scope: scope["path"].startswith(("/health", "/metrics", "/schema"))
+    )
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        indexed = scope["app"].state.indexed  # api.freshness.IndexedBlock
+        app_state = scope["app"].state
         wanted = _min_block(scope)
-        if wanted is not None and indexed.block < wanted:
-            await indexed.wait_for(wanted, MIN_BLOCK_WAIT)
+        view = await chain_view(app_state.pool)
+        if wanted is not None and _block(view) < wanted:
+            # Woken by the indexer's commit notifications; the checkpoint row decides.
+            deadline = time.monotonic() + MIN_BLOCK_WAIT
+            while _block(view) < wanted and time.monotonic() < deadline:
+                await app_state.indexed.wait_for(wanted, min(0.1, deadline - time.monotonic()))
+                view = await chain_view(app_state.pool)
         state: dict[str, Any] = scope.setdefault("state", {})
-        state["indexed_block"] = indexed.block
-        state["cache_version"] = indexed.version
-        if wanted is not None and indexed.block < wanted:
+        state["chain_view"] = view
+        state["indexed_block"] = _block(view)
+        state["cache_version"] = version_of(view)
+        if wanted is not None and _block(view) < wanted:
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
-                detail=f"not indexed up to block {wanted} yet (indexed: {indexed.block}); retry",
+                detail=f"not indexed up to block {wanted} yet (indexed: {_block(view)}); retry",
                 headers={"Retry-After": "1"},
-                extra={"indexed_block": indexed.block, "min_block": wanted},
+                extra={"indexed_block": _block(view), "min_block": wanted},
             )
         await next_app(scope, receive, send)

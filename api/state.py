@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 from litestar.utils.scope.state import ScopeState
 
 from api.schemas import Finality
-from db.reads import chain_view
 
 INDEXED_HEADER = "X-Indexed-Block"
 CACHE_HEADER = "X-Cache"
@@ -25,16 +23,6 @@ def finality_of(block: int, view: Any) -> Finality:
         if view["safe_block"] is not None and block <= view["safe_block"]:
             return "safe"
     return "unsafe"
-
-
-async def load_chain_view(request: Request[Any, Any, Any]) -> None:
-    """before_request hook of the read routes (runs on cache misses only): the checkpoint
-    row the answer is computed from (finality labels, provenance)."""
-    view = await chain_view(request.app.state.pool)
-    request.state.chain_view = view
-    if view is not None:
-        # The answer reflects this block, possibly newer than the notified version.
-        request.state.indexed_block = max(int(view["block_number"]), request.state.indexed_block)
 
 
 async def add_read_headers(message: Message, scope: Scope) -> None:
