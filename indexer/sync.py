@@ -25,6 +25,7 @@ from indexer.tip import step, verify_tip
 
 log = logging.getLogger("discograph.indexer")
 HEAD = -1  # `until=HEAD`: index up to the head seen at start, then return
+ANALYZE_AFTER_EVENTS = 10_000  # a backfill this large refreshes the planner's statistics
 
 
 class Indexer:
@@ -114,7 +115,10 @@ class Indexer:
             safe_head = min(safe_head, target)
         next_block = self.tip.block_number + 1 if self.tip else config.start_block
         if next_block <= safe_head:
+            events_before = self.ctx.progress.events
             await backfill(self.ctx, next_block, safe_head)
+            if self.ctx.progress.events - events_before >= ANALYZE_AFTER_EVENTS:
+                await self.ctx.store.analyze()
             self.indexed.set()
             return True
         if self.tip is None:
