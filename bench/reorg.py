@@ -146,6 +146,11 @@ async def measure_tip_reorgs(
         "rollback_ms": [round(s * 1000, 1) for s in repairs.seconds],
         "median_total_ms": round(statistics.median(totals) * 1000, 1),
         "max_total_ms": round(max(totals) * 1000, 1),
+        # Once anvil had built the whole new branch: what the indexer still needed.
+        "after_anvil_ms": [round((t - c) * 1000, 1) for t, c in zip(totals, calls, strict=True)],
+        "max_after_anvil_ms": round(
+            max(t - c for t, c in zip(totals, calls, strict=True)) * 1000, 1
+        ),
     }
 
 
@@ -156,12 +161,18 @@ def report(result: dict[str, Any]) -> None:
     )
     print(f"  anvil_reorg call → new branch indexed: {result['total_ms']} ms")
     print(f"  of which anvil building the new branch: {result['anvil_ms']} ms")
-    print(f"  rollback transaction alone: {result['rollback_ms']} ms")
+    print(f"  after anvil returned (the new branch complete): {result['after_anvil_ms']} ms")
+    print(f"  ancestor search + rollback transaction: {result['rollback_ms']} ms")
     met = result["max_total_ms"] <= 250
     print(
-        f"  median {result['median_total_ms']} ms, max {result['max_total_ms']} ms; "
-        f"target ≤ 250 ms: {'met' if met else 'not met'} (informational)"
+        f"  call → indexed: median {result['median_total_ms']} ms, max {result['max_total_ms']} "
+        f"ms; target ≤ 250 ms: {'met' if met else 'not met'} (informational)"
     )
+    if not met and result["max_after_anvil_ms"] <= 250:
+        print(
+            "  (anvil's own reorg dominates here; measured from the moment the new branch was "
+            f"complete the repair took ≤ {result['max_after_anvil_ms']} ms: met)"
+        )
 
 
 async def _standalone(rpc_url: str, server_dsn: str, depth: int, rounds: int) -> None:
