@@ -67,7 +67,12 @@ from db import chain_reads
 from discograph.embedded import start_postgres, start_valkey
 from discograph.encoding import checksum_address
 from discograph.localchain import ANVIL_CHAIN_ID, Anvil, start_anvil
-from discograph.processes import ChildProcess, ServiceStartError, free_port
+from discograph.processes import (
+    ChildProcess,
+    ServiceStartError,
+    exit_cleanly_on_sigterm,
+    free_port,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -1003,18 +1008,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk = shutil.which("wrk")
     if wrk is None:
         print(f"bench.api needs wrk (the HTTP load generator); install it with:\n  {WRK_INSTALL}")
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_cleanly_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="discograph-bench-api-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)

@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from chain.signer import Signer
 from db.engine import drop_database, ensure_database, migrate, with_database
 from discograph.embedded import start_postgres
 from discograph.localchain import ANVIL_CHAIN_ID, ANVIL_DEV_KEYS, start_anvil
+from discograph.processes import exit_cleanly_on_sigterm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / "bench" / ".cache"
@@ -547,14 +547,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop anvil and Postgres.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_cleanly_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="discograph-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)

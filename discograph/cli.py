@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 
 from chain.errors import ChainError
 from db.engine import create_pool, ensure_database, migrate
@@ -18,14 +16,10 @@ from discograph import __version__
 from discograph.encoding import checksum_address, parse_address
 from discograph.errors import ConfigError, DiscographError
 from discograph.logs import configure_logging
+from discograph.processes import exit_cleanly_on_sigterm
 from discograph.settings import Settings, load_settings, redact_url
 
 log = logging.getLogger("discograph")
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every `finally` and context manager stops its children.
-    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
@@ -263,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"discograph: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_cleanly_on_sigterm()
     try:
         return int(args.handler(settings, args))
     except ConfigError as exc:

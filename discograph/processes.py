@@ -132,3 +132,13 @@ class ChildProcess:
             self.popen.kill()
             self.popen.wait()
         log.debug("stopped %s", self.name)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C: every `finally` and context manager stops what it
+    started (child services included) before the process exits with 128 + 15."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
