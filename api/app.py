@@ -19,11 +19,12 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
-from api.freshness import IndexedBlock
+from api.freshness import CheckpointReads, IndexedBlock
 from api.middleware import ChainVersionMiddleware
 from api.routes import albums, health, nfts, status
 from api.state import add_read_headers
 from db.engine import create_pool
+from db.reads import chain_view
 from discograph import __version__
 from discograph.settings import Settings
 
@@ -65,6 +66,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(database_url, min_size=1, max_size=10)
         app.state.settings = settings
+        app.state.checkpoints = CheckpointReads(lambda: chain_view(app.state.pool))
         app.state.indexed = IndexedBlock(database_url)
         await app.state.indexed.start()
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -101,3 +103,38 @@ class IndexedBlock:
             except TimeoutError:
                 return False
         return True
+
+
+class CheckpointReads:
+    """Reads of the checkpoint row shared by concurrent requests, without ever answering a
+    request from a read that started before it.
+
+    A request joins the next read that has not started yet; one read runs at a time, and it
+    serves every request that arrived before it began. So a request that starts after a commit
+    always gets a read that started after the commit too (read-after-commit holds), while
+    under load one query serves many requests instead of one each.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[Any]]) -> None:
+        self.fetch = fetch  # e.g. `lambda: chain_view(pool)`
+        self._waiting: asyncio.Future[Any] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def read(self) -> Any:
+        if self._waiting is None:
+            self._waiting = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(self._run(self._waiting))
+        return await asyncio.shield(self._waiting)
+
+    async def _run(self, batch: asyncio.Future[Any]) -> None:
+        await self._idle.wait()  # the read in flight finishes first: arrivals join `batch`
+        self._idle.clear()
+        self._waiting = None  # from now on, arrivals wait for the next read
+        try:
+            batch.set_result(await self.fetch())
+        except BaseException as exc:
+            batch.set_exception(exc)
+            batch.exception()  # retrieved here; each waiter re-raises it
+        finally:
+            self._idle.set()

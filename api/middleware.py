@@ -2,8 +2,9 @@
 
 It runs ahead of Litestar's response cache, so cache hits too carry `X-Indexed-Block` and
 honour `?min_block` (read-your-writes). The version is read from the checkpoint row on every
-request (one primary-key lookup): once the indexer has committed a block, no request — on any
-replica — uses a cache key of an older version, so no answer older than that commit is served.
+request (one primary-key lookup, shared by concurrent requests through `CheckpointReads`): once
+the indexer has committed a block, no request — on any replica — uses a cache key of an older
+version, so no answer older than that commit is served.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api import params
-from db.reads import chain_view
 
 MIN_BLOCK_WAIT = 5.0  # seconds a `?min_block` read may wait for the indexer
 
@@ -55,13 +55,13 @@ class ChainVersionMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         app_state = scope["app"].state
         wanted = _min_block(scope)
-        view = await chain_view(app_state.pool)
+        view = await app_state.checkpoints.read()
         if wanted is not None and _block(view) < wanted:
             # Woken by the indexer's commit notifications; the checkpoint row decides.
             deadline = time.monotonic() + MIN_BLOCK_WAIT
             while _block(view) < wanted and time.monotonic() < deadline:
                 await app_state.indexed.wait_for(wanted, min(0.1, deadline - time.monotonic()))
-                view = await chain_view(app_state.pool)
+                view = await app_state.checkpoints.read()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["chain_view"] = view
         state["indexed_block"] = _block(view)
