@@ -120,6 +120,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from api.app import create_app
 
     with _database(settings) as dsn:
+
+        async def reachable() -> None:
+            pool = await create_pool(dsn, max_size=1)  # a clear error now, not a traceback later
+            await pool.close()
+
+        asyncio.run(reachable())
         app = create_app(settings, dsn)
         print(f"API on http://{settings.http_host}:{settings.http_port} (OpenAPI at /schema)")
         uvicorn.run(

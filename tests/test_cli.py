@@ -162,3 +162,13 @@ async def test_deploy_with_demo_creates_and_mints_the_demo_catalog(
         await conn.close()
     assert next_id == albums + 1  # every demo album minted once
     assert albums == sum(len(a) for _, a in DEMO_CATALOG)
+
+
+async def test_api_with_an_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    from discograph.processes import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    result = await discograph("api", env={"DATABASE_URL": url}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Postgres" in result.stderr
