@@ -29,8 +29,6 @@ class IndexedBlock:
         self.dsn = dsn
         self.poll = poll
         self.block = -1
-        self.hash = ""
-        self.rollbacks = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
@@ -43,7 +41,7 @@ class IndexedBlock:
             finally:
                 await conn.close()
         if view is not None:
-            await self._set_view(view)
+            await self._set(int(view["block_number"]))
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
@@ -52,23 +50,17 @@ class IndexedBlock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _set(self, block: int, block_hash: str, rollbacks: int) -> None:
+    async def _set(self, block: int) -> None:
         async with self._changed:
-            # A rollback may move it down: the newest answer wins.
-            self.block, self.hash, self.rollbacks = block, block_hash, rollbacks
+            self.block = block  # a rollback may move it down: the newest answer wins
             self._changed.notify_all()
 
-    async def _set_view(self, view: asyncpg.Record) -> None:
-        block_hash = "0x" + bytes(view["block_hash"]).hex()
-        await self._set(int(view["block_number"]), block_hash, int(view["rollbacks"]))
-
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        parts = payload.split(":")
         try:
-            block, block_hash, rollbacks = int(parts[1]), parts[2], int(parts[3])
+            block = int(payload.split(":")[1])  # "<chain_id>:<block>:<hash>:<rollbacks>"
         except (IndexError, ValueError):
             return
-        asyncio.get_running_loop().create_task(self._set(block, block_hash, rollbacks))
+        asyncio.get_running_loop().create_task(self._set(block))
 
     async def _follow(self) -> None:
         while True:
@@ -83,7 +75,7 @@ class IndexedBlock:
                 while True:
                     view = await chain_view(conn)
                     if view is not None:
-                        await self._set_view(view)
+                        await self._set(int(view["block_number"]))
                     await asyncio.sleep(self.poll)
             except asyncio.CancelledError:
                 raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -111,7 +110,3 @@ async def migrate(dsn: str, revision: str = "head") -> None:
 
 async def downgrade(dsn: str, revision: str) -> None:
     await asyncio.to_thread(_run_alembic, "downgrade", dsn, revision)
-
-
-def migrations_dir() -> str:
-    return str(resources.files("db").joinpath("migrations"))

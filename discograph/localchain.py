@@ -54,10 +54,6 @@ class Anvil:
     chain_id: int = ANVIL_CHAIN_ID
     dev_keys: tuple[str, ...] = field(default=ANVIL_DEV_KEYS)
 
-    @property
-    def ws_url(self) -> str:
-        return self.rpc_url.replace("http://", "ws://", 1)
-
     def stop(self) -> None:
         self.process.stop()
 

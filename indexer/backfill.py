@@ -120,7 +120,7 @@ async def backfill(ctx: Context, first: int, end: int) -> int:
             raise
         done.set_result(None)
         committed = batch.last.number
-        _account(ctx, batch, time.perf_counter() - began, "backfill")
+        ctx.account(batch, time.perf_counter() - began, "backfill")
         ctx.progress.show(committed, end, ctx.view.head)
 
     async def consume(group: asyncio.TaskGroup) -> None:
@@ -146,30 +146,3 @@ async def backfill(ctx: Context, first: int, end: int) -> int:
         raise first_error(failed) from None
     ctx.progress.show(committed, end, ctx.view.head, force=True)
     return committed
-
-
-def _account(ctx: Context, batch: Batch, seconds: float, mode: str) -> None:
-    blocks = batch.last.number - batch.first + 1
-    ctx.progress.advance(blocks, batch.events)
-    metrics.BATCH_SECONDS.labels(mode=mode).observe(seconds)
-    metrics.EVENTS.labels(kind="transfer").inc(len(batch.transfers))
-    if batch.token_events:
-        metrics.EVENTS.labels(kind="token_event").inc(len(batch.token_events))
-    metrics.INDEXED_BLOCK.set(batch.last.number)
-    metrics.LAG_BLOCKS.set(max(ctx.view.head - batch.last.number, 0))
-    metrics.LAG_SECONDS.set(max(time.time() - batch.last.timestamp, 0))
-    # Empty tip blocks (one per block on an idle chain) only at DEBUG.
-    level = logging.INFO if batch.events or mode == "backfill" else logging.DEBUG
-    log.log(
-        level,
-        "batch committed",
-        extra={
-            "mode": mode,
-            "first": batch.first,
-            "last": batch.last.number,
-            "blocks": blocks,
-            "events": batch.events,
-            "seconds": round(seconds, 4),
-            "lag": max(ctx.view.head - batch.last.number, 0),
-        },
-    )

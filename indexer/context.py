@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from indexer import metrics
 from indexer.decode import decode_logs
 from indexer.progress import Progress
 from indexer.projection import Batch
@@ -57,6 +59,34 @@ class Context:
 
     def __post_init__(self) -> None:
         self.tip_limit = self.tip_limit or self.config.tip_batch
+
+    def account(self, batch: Batch, seconds: float, mode: str) -> None:
+        """After a commit: progress, metrics and the batch's one log line."""
+        blocks = batch.last.number - batch.first + 1
+        self.progress.advance(blocks, batch.events)
+        metrics.BATCH_SECONDS.labels(mode=mode).observe(seconds)
+        metrics.EVENTS.labels(kind="transfer").inc(len(batch.transfers))
+        if batch.token_events:
+            metrics.EVENTS.labels(kind="token_event").inc(len(batch.token_events))
+        lag = max(self.view.head - batch.last.number, 0)
+        metrics.INDEXED_BLOCK.set(batch.last.number)
+        metrics.LAG_BLOCKS.set(lag)
+        metrics.LAG_SECONDS.set(max(time.time() - batch.last.timestamp, 0))
+        # Empty tip blocks (one per block on an idle chain) only at DEBUG.
+        level = logging.INFO if batch.events or mode == "backfill" else logging.DEBUG
+        log.log(
+            level,
+            "batch committed",
+            extra={
+                "mode": mode,
+                "first": batch.first,
+                "last": batch.last.number,
+                "blocks": blocks,
+                "events": batch.events,
+                "seconds": round(seconds, 4),
+                "lag": lag,
+            },
+        )
 
     async def build_batch(
         self,

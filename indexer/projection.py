@@ -77,12 +77,6 @@ async def write_state(conn: asyncpg.Connection, batch: Batch, prune_below: int) 
     return 0
 
 
-async def apply_batch(conn: asyncpg.Connection, batch: Batch, prune_below: int) -> int:
-    """Write one whole batch in the caller's transaction; returns outbox rows appended."""
-    await write_history(conn, batch)
-    return await write_state(conn, batch, prune_below)
-
-
 _OWNER_STAGE_COLUMNS = [
     "contract",
     "token_id",

@@ -84,11 +84,6 @@ class ChainSource:
     async def head(self) -> int:
         return _quantity(await self.rpc.call("eth_blockNumber"), "eth_blockNumber")
 
-    async def heads_everywhere(self) -> list[int | None]:
-        """The head according to every configured node (None where one failed)."""
-        answers = await self.rpc.call_each("eth_blockNumber")
-        return [int(a, 16) if isinstance(a, str) and a.startswith("0x") else None for a in answers]
-
     async def safety(self) -> tuple[int | None, int | None]:
         """(safe, finalized) block numbers from the node's tags; None where it has none."""
         try:

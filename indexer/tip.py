@@ -13,7 +13,6 @@ import logging
 import time
 
 from indexer import metrics
-from indexer.backfill import _account
 from indexer.context import Context
 from indexer.decode import block_may_have_logs
 from indexer.errors import InconsistentAnswer
@@ -61,7 +60,7 @@ async def step(ctx: Context, tip: Checkpoint, until: int) -> bool:
         announce=True,
     )
     await ctx.store.commit(batch)
-    _account(ctx, batch, time.perf_counter() - began, "tip")
+    ctx.account(batch, time.perf_counter() - began, "tip")
     ctx.tip_limit = min(ctx.config.tip_batch, ctx.tip_limit * 2)
     return True
 
