@@ -19,12 +19,11 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
-from api.freshness import CheckpointReads, IndexedBlock
+from api.freshness import CheckpointConnection, CheckpointReads, IndexedBlock
 from api.middleware import ChainVersionMiddleware
 from api.routes import albums, health, nfts, status
 from api.state import add_read_headers
 from db.engine import create_pool
-from db.reads import chain_view
 from discograph import __version__
 from discograph.settings import Settings
 
@@ -64,15 +63,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(database_url, min_size=1, max_size=10)
+        # Plain reads and short transactions only: no session state to reset on release.
+        app.state.pool = await create_pool(
+            database_url, min_size=1, max_size=10, session_state=False
+        )
         app.state.settings = settings
-        app.state.checkpoints = CheckpointReads(lambda: chain_view(app.state.pool))
+        checkpoint_conn = CheckpointConnection(database_url)
+        app.state.checkpoints = CheckpointReads(checkpoint_conn.fetch)
         app.state.indexed = IndexedBlock(database_url)
         await app.state.indexed.start()
         try:
             yield
         finally:
             await app.state.indexed.stop()
+            await checkpoint_conn.close()
             await app.state.pool.close()
 
     prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)

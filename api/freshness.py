@@ -130,3 +130,28 @@ class CheckpointReads:
             batch.exception()  # retrieved here; each waiter re-raises it
         finally:
             self._idle.set()
+
+
+class CheckpointConnection:
+    """The connection `CheckpointReads` reads through: its own, since reads run one at a time,
+    so the hottest query of the API skips the pool's acquire/release. Opened on first use and
+    again after a failure (the failing request gets the error: 503 while Postgres is away)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+
+    async def fetch(self) -> asyncpg.Record | None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.dsn)
+        try:
+            return await chain_view(self._conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)

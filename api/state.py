@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from litestar.datastructures import MutableScopeHeaders
@@ -14,15 +15,27 @@ INDEXED_HEADER = "X-Indexed-Block"
 CACHE_HEADER = "X-Cache"
 
 
-def finality_of(block: int, view: Any) -> Finality:
-    """How sure the indexer is of a fact from `block`, from its view of the chain (the
-    checkpoint row's safe and finalized blocks)."""
+def finality_rule(view: Any) -> Callable[[int], Finality]:
+    """How sure the indexer is of a fact from a given block, from its view of the chain (the
+    checkpoint row's safe and finalized blocks); built once per request, applied per item."""
+    finalized = safe = -1
     if view is not None:
-        if view["finalized_block"] is not None and block <= view["finalized_block"]:
+        if view["finalized_block"] is not None:
+            finalized = int(view["finalized_block"])
+        if view["safe_block"] is not None:
+            safe = int(view["safe_block"])
+
+    def finality(block: int) -> Finality:
+        if block <= finalized:
             return "finalized"
-        if view["safe_block"] is not None and block <= view["safe_block"]:
-            return "safe"
-    return "unsafe"
+        return "safe" if block <= safe else "unsafe"
+
+    return finality
+
+
+def finality_of(block: int, view: Any) -> Finality:
+    """`finality_rule` for a single fact."""
+    return finality_rule(view)(block)
 
 
 async def add_read_headers(message: Message, scope: Scope) -> None:

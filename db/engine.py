@@ -36,10 +36,22 @@ def database_name(dsn: str) -> str:
     return name or "postgres"
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """An asyncpg pool; create it inside the event loop that will use it."""
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """No reset query on release (asyncpg still rolls back an open transaction itself)."""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, session_state: bool = True
+) -> asyncpg.Pool:
+    """An asyncpg pool; create it inside the event loop that will use it.
+
+    `session_state=False` is for users that never leave session state behind (no LISTEN,
+    SET, session advisory lock or cursor): a released connection then skips asyncpg's reset
+    query (`RESET ALL; UNLISTEN *; ...`), a round trip per request saved on the API's reads.
+    """
+    reset = None if session_state else _keep_session
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=reset)
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to Postgres: {exc}") from exc
     assert pool is not None

@@ -8,6 +8,7 @@ from the indexer's view of the chain (`request.state.chain_view`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import asyncpg
@@ -18,7 +19,8 @@ from litestar.status_codes import HTTP_409_CONFLICT
 
 from api import params
 from api.nft_schemas import Holder, HolderPage, LastTransfer, Nft, NftPage, Transfer, TransferPage
-from api.state import finality_of
+from api.schemas import Finality
+from api.state import finality_rule
 from db import chain_reads
 from discograph.encoding import checksum_address, hex0x
 
@@ -107,45 +109,47 @@ def _chain_id(request: Request[Any, Any, Any]) -> int | None:
     return int(view["chain_id"]) if view is not None else None
 
 
-def _nft(row: asyncpg.Record, chain_id: int, view: asyncpg.Record | None) -> Nft:
+def _nft(row: asyncpg.Record, chain_id: int, finality: Callable[[int], Finality]) -> Nft:
+    # Hot path (50 items a page): asyncpg already gives int / bytes / str, so no conversions.
     last = None
     if row["last_block"] is not None:
         last = LastTransfer(
-            block_number=int(row["last_block"]),
-            tx_hash=hex0x(bytes(row["last_tx"])),
-            from_=checksum_address(bytes(row["last_from"])),
-            to=checksum_address(bytes(row["last_to"])),
+            block_number=row["last_block"],
+            tx_hash=hex0x(row["last_tx"]),
+            from_=checksum_address(row["last_from"]),
+            to=checksum_address(row["last_to"]),
         )
-    block = int(row["block_number"])
+    block = row["block_number"]
+    album_id = row["album_id"]
     return Nft(
         chain_id=chain_id,
-        contract=checksum_address(bytes(row["contract"])),
-        token_id=str(row["token_id"]),
-        owner=checksum_address(bytes(row["owner"])),
-        album_id=str(row["album_id"]) if row["album_id"] is not None else None,
+        contract=checksum_address(row["contract"]),
+        token_id=row["token_id"],
+        owner=checksum_address(row["owner"]),
+        album_id=str(album_id) if album_id is not None else None,
         token_uri=row["token_uri"],
-        minted_block=int(row["minted_block"]),
-        minted_tx=hex0x(bytes(row["minted_tx"])),
+        minted_block=row["minted_block"],
+        minted_tx=hex0x(row["minted_tx"]),
         last_transfer=last,
         block_number=block,
-        block_hash=hex0x(bytes(row["block_hash"])),
-        finality=finality_of(block, view),
+        block_hash=hex0x(row["block_hash"]),
+        finality=finality(block),
     )
 
 
-def _transfer(row: asyncpg.Record, view: asyncpg.Record | None) -> Transfer:
-    block = int(row["block_number"])
+def _transfer(row: asyncpg.Record, finality: Callable[[int], Finality]) -> Transfer:
+    block = row["block_number"]
     return Transfer(
-        chain_id=int(row["chain_id"]),
-        contract=checksum_address(bytes(row["contract"])),
-        token_id=str(row["token_id"]),
-        from_=checksum_address(bytes(row["from_address"])),
-        to=checksum_address(bytes(row["to_address"])),
-        tx_hash=hex0x(bytes(row["tx_hash"])),
-        log_index=int(row["log_index"]),
+        chain_id=row["chain_id"],
+        contract=checksum_address(row["contract"]),
+        token_id=row["token_id"],
+        from_=checksum_address(row["from_address"]),
+        to=checksum_address(row["to_address"]),
+        tx_hash=hex0x(row["tx_hash"]),
+        log_index=row["log_index"],
         block_number=block,
-        block_hash=hex0x(bytes(row["block_hash"])),
-        finality=finality_of(block, view),
+        block_hash=hex0x(row["block_hash"]),
+        finality=finality(block),
     )
 
 
@@ -165,7 +169,8 @@ def _transfer_page(rows: list[asyncpg.Record], limit: int, view: Any) -> Transfe
         next_cursor = params.encode_cursor(
             [int(rows[-1]["block_number"]), int(rows[-1]["log_index"])]
         )
-    return TransferPage(items=[_transfer(r, view) for r in rows], next_cursor=next_cursor)
+    finality = finality_rule(view)
+    return TransferPage(items=[_transfer(r, finality) for r in rows], next_cursor=next_cursor)
 
 
 def _raw_hex(value: Any, size: int, cursor: str | None) -> bytes:
@@ -205,7 +210,7 @@ class NftController(Controller):
             row = await chain_reads.nft(request.app.state.pool, chain_id, where, token, as_of)
         if row is None or chain_id is None:
             raise NotFoundException(detail=f"no token {token} of {contract} (yet)")
-        return _nft(row, chain_id, request.state.chain_view)
+        return _nft(row, chain_id, finality_rule(request.state.chain_view))
 
     @get(
         "/{contract:str}/{token_id:str}/transfers",
@@ -274,8 +279,8 @@ class OwnerController(Controller):
             next_cursor = params.encode_cursor(
                 [bytes(rows[-1]["contract"]).hex(), str(rows[-1]["token_id"])]
             )
-        view = request.state.chain_view
-        return NftPage(items=[_nft(r, chain_id, view) for r in rows], next_cursor=next_cursor)
+        rule = finality_rule(request.state.chain_view)
+        return NftPage(items=[_nft(r, chain_id, rule) for r in rows], next_cursor=next_cursor)
 
 
 class TransferController(Controller):
