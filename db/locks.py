@@ -8,3 +8,4 @@ OUTBOX_LOCK_ID = 0x44_69_73_63_6F_01  # "Disco" + 1
 # notifications arrive exactly when the rows become visible (on commit).
 OUTBOX_CHANNEL = "discograph_outbox"  # payload "<chain_id>:<messages appended>"
 CHECKPOINT_CHANNEL = "discograph_checkpoint"  # payload "<chain_id>:<block>:<0x block hash>"
+MINT_QUEUED_CHANNEL = "discograph_mint_queued"  # payload: the queued mint's id; wakes the minter

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -228,12 +229,20 @@ mint_requests = Table(
     Column("token_uri", Text, nullable=False),
     Column("idempotency_key", Text, nullable=True),
     Column("status", Text, nullable=False, server_default="queued"),
+    # An admin's deliberate second mint of an album (others: one live mint per album).
+    Column("remint", Boolean, nullable=False, server_default=text("false")),
+    # Filled in by the minter: the contract and signer it sent with, the nonce it allocated.
+    _address("contract", nullable=True),
+    _address("signer", nullable=True),
     Column("nonce", BigInteger, nullable=True),
+    # The transaction in force (the latest broadcast; every signed variant is in mint_txs).
     Column("tx_hash", LargeBinary, nullable=True),
     Column("block_number", BigInteger, nullable=True),
     Column("block_hash", LargeBinary, nullable=True),
     Column("token_id", Numeric(78, 0), nullable=True),
     Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("submitted_at", DateTime(timezone=True), nullable=True),
     _created_at(),
     _updated_at(),
     CheckConstraint(_in("status", MINT_STATUSES), name="status_known"),
@@ -242,6 +251,68 @@ mint_requests = Table(
     Index(None, "status", "created_at"),
     Index(None, "album_id"),
     Index(None, "tx_hash"),
+    # One live mint per album, whatever the races: a second one (not an admin re-mint) is
+    # refused by the database; a failed mint frees the album for another attempt.
+    Index(
+        "ux_mint_requests_one_live_per_album",
+        "album_id",
+        unique=True,
+        postgresql_where=text("NOT remint AND status <> 'failed'"),
+    ),
+)
+
+# Every signed transaction of a mint: the first, its fee-bumped replacements (same nonce) and
+# so the receipts to look for; the minter re-broadcasts `raw_tx` after a reorg dropped it.
+mint_txs = Table(
+    "mint_txs",
+    metadata,
+    Column("tx_hash", LargeBinary, primary_key=True),
+    Column(
+        "mint_id",
+        UUID(as_uuid=True),
+        ForeignKey("mint_requests.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("nonce", BigInteger, nullable=False),
+    Column("raw_tx", LargeBinary, nullable=False),
+    Column("max_fee_per_gas", Numeric(78, 0), nullable=False),
+    Column("max_priority_fee_per_gas", Numeric(78, 0), nullable=False),
+    Column("gas_limit", BigInteger, nullable=False),
+    _created_at(),
+    Index(None, "mint_id", "created_at"),
+)
+
+# The nonce of each signing key, allocated under this row's lock (reconciled with the node's
+# pending count when the minter starts): no gap, no duplicate, across restarts.
+signers = Table(
+    "signers",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    _address("address"),
+    Column("next_nonce", BigInteger, nullable=False),
+    _updated_at(),
+    PrimaryKeyConstraint("chain_id", "address"),
+)
+
+# Idempotency-Key of the write endpoints, per subject: a claim (`running`) committed before
+# the work, then the answer (`done`) committed with the work, so a replay is exact and a
+# crash between leaves only a claim that expires.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("subject", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("state", Text, nullable=False, server_default="running"),
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", LargeBinary, nullable=True),
+    _created_at(),
+    _updated_at(),
+    PrimaryKeyConstraint("subject", "key"),
+    CheckConstraint("state IN ('running', 'done')", name="state_known"),
+    Index(None, "created_at"),
 )
 
 outbox = Table(

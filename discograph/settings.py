@@ -21,6 +21,9 @@ from discograph.errors import ConfigError
 
 _PRIVATE_KEY_RE = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+# A `limits` rate string: "<count>/<unit>" or "<count> per <n> <unit>s".
+_RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
 # Variables whose value is a comma-separated list.
 _LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS"})
@@ -89,6 +92,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     rpc_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     ready_max_lag: NonNegative = 20
     jwt_secret: Secret | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_public_key_file: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    rate_limit_writes: str = "60/minute"
+    rate_limit_reads: str = "1200/minute"
+    public_url: str | None = None
+    mint_replace_after: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     minter_private_key: Secret | None = None
     minter_key_file: str | None = None
     log_level: str = "INFO"
@@ -118,6 +130,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         ):
             # The message names the variable, never the value.
             raise ConfigError("MINTER_PRIVATE_KEY must be 32 bytes of hex")
+        if self.jwt_algorithm not in JWT_ALGORITHMS:
+            raise ConfigError(f"JWT_ALGORITHM must be one of {', '.join(JWT_ALGORITHMS)}")
+        if self.jwt_algorithm != "HS256" and self.jwt_public_key_file is None:
+            raise ConfigError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY_FILE")
+        if self.jwt_algorithm == "HS256" and self.jwt_public_key_file is not None:
+            raise ConfigError("JWT_PUBLIC_KEY_FILE needs JWT_ALGORITHM=RS256 or ES256")
+        for variable, value in (
+            ("RATE_LIMIT_WRITES", self.rate_limit_writes),
+            ("RATE_LIMIT_READS", self.rate_limit_reads),
+        ):
+            if value and not _RATE_RE.match(value):
+                raise ConfigError(f"{variable} must look like 60/minute (or be empty: no limit)")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("PUBLIC_URL must be an http(s):// URL")
         if self.minter_private_key is not None and self.minter_key_file is not None:
             raise ConfigError("set MINTER_PRIVATE_KEY or MINTER_KEY_FILE, not both")
 
@@ -145,6 +171,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         if not _PRIVATE_KEY_RE.match(text):
             raise ConfigError("MINTER_KEY_FILE must hold 32 bytes of hex")
         return Secret(text)
+
+    def public_base_url(self) -> str:
+        """Where clients reach the API (album metadata URLs point here)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.http_host}:{self.http_port}"
 
     def with_values(self, **changes: Any) -> Settings:
         """A copy with some values replaced (the dev stack fills in the URLs it started)."""

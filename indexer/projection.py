@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from db.locks import CHECKPOINT_CHANNEL, OUTBOX_CHANNEL, OUTBOX_LOCK_ID
+from db.locks import CHECKPOINT_CHANNEL
+from db.outbox import append_outbox
 from discograph.encoding import checksum_address
 from indexer.decode import TokenEvent, Transfer
 from indexer.source import Header
@@ -284,22 +284,9 @@ def token_event_message(e: TokenEvent | asyncpg.Record) -> dict[str, Any]:
 async def _append_outbox(
     conn: asyncpg.Connection, chain_id: int, messages: Sequence[dict[str, Any]]
 ) -> int:
-    messages = sorted(messages, key=lambda m: (m["block_number"], m["log_index"]))
-    # Outbox seqs must become visible in order: one writer at a time until commit (DESIGN.md).
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_LOCK_ID)
-    await conn.execute(
-        """
-        INSERT INTO outbox (chain_id, kind, payload)
-        SELECT $1, u.kind, u.payload::jsonb
-        FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(kind, payload, n)
-        ORDER BY u.n
-        """,
-        chain_id,
-        [m["type"] for m in messages],
-        [msgspec.json.encode(m).decode() for m in messages],
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, f"{chain_id}:{len(messages)}")
-    return len(messages)
+    """Chain events in chain order (block, log index)."""
+    ordered = sorted(messages, key=lambda m: (m["block_number"], m["log_index"]))
+    return await append_outbox(conn, chain_id, ordered)
 
 
 async def _announce(conn: asyncpg.Connection, batch: Batch) -> int:

@@ -28,6 +28,9 @@ EXPECTED_TABLES = {
     "nfts",
     "mint_requests",
     "outbox",
+    "mint_txs",
+    "signers",
+    "idempotency_keys",
 }
 
 

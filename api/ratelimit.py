@@ -1,0 +1,143 @@
+"""Rate limits shared by every API replica: a moving window per subject (writes) or per
+client IP (anonymous reads), counted atomically in Redis by the `limits` library.
+
+Litestar's own RateLimitMiddleware reads and then writes the history under a per-process lock:
+not atomic across replicas and one lock for all requests, so it is not used (DESIGN.md).
+Answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; a refusal is a 429
+with `Retry-After`. With Redis away the limits are not enforced (logged once): the API keeps
+answering, as it does for its cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from redis.exceptions import RedisError
+
+log = logging.getLogger("discograph.api")
+
+
+class Limiter:
+    """One limit (e.g. "60/minute") over shared storage; `check` counts a hit."""
+
+    def __init__(self, storage: Storage, rate: str, namespace: str) -> None:
+        self.item: RateLimitItem = parse(rate)
+        self.window = MovingWindowRateLimiter(storage)
+        self.namespace = namespace
+        self.healthy = True
+
+    async def check(self, identity: str) -> tuple[bool, dict[str, str]]:
+        """Count a hit for `identity`: (allowed, the RateLimit-* headers)."""
+        try:
+            allowed = await self.window.hit(self.item, self.namespace, identity)
+            reset_at, remaining = await self.window.get_window_stats(
+                self.item, self.namespace, identity
+            )
+        except (RedisError, OSError, ConnectionError) as exc:
+            if self.healthy:
+                log.warning("rate limits unavailable, not enforced", extra={"error": repr(exc)})
+            self.healthy = False
+            return True, {}
+        self.healthy = True
+        reset = max(0, math.ceil(reset_at - time.time()))
+        headers = {
+            "RateLimit-Limit": str(self.item.amount),
+            "RateLimit-Remaining": str(max(0, remaining)),
+            "RateLimit-Reset": str(reset),
+        }
+        if not allowed:
+            headers["Retry-After"] = str(max(1, reset))
+        return allowed, headers
+
+
+def limit_storage(redis_url: str | None) -> Storage:
+    """Redis when configured (shared by every replica), else this process's memory."""
+    if redis_url is None:
+        return MemoryStorage()
+    scheme, _, rest = redis_url.partition("://")
+    return RedisStorage(f"async+{scheme}://{rest}", implementation="redispy")
+
+
+def _client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            mutable = MutableScopeHeaders.from_message(message)
+            for name, value in headers.items():
+                mutable[name] = value
+        await send(message)
+
+    return wrapped
+
+
+async def _refuse(send: Send, headers: dict[str, str], who: str) -> None:
+    body = (
+        b'{"status_code":429,"detail":"rate limit exceeded for this '
+        + who.encode()
+        + b", retry after "
+        + headers.get("Retry-After", "1").encode()
+        + b' s"}'
+    )
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    start: Any = {"type": "http.response.start", "status": 429, "headers": raw}
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class SubjectRateLimit(ASGIMiddleware):
+    """Per token subject; sits after authentication (on the write routes)."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, limiter: Limiter | None) -> None:
+        self.limiter = limiter
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if self.limiter is None:
+            await next_app(scope, receive, send)
+            return
+        user: Any = scope.get("user")
+        identity = f"sub:{user.subject}" if user is not None else f"ip:{_client_ip(scope)}"
+        allowed, headers = await self.limiter.check(identity)
+        if not allowed:
+            await _refuse(send, headers, "subject")
+            return
+        await next_app(scope, receive, _with_headers(send, headers))
+
+
+class AnonymousReadRateLimit(ASGIMiddleware):
+    """Per client IP, on the public read routes (which take no credentials: a header cannot
+    buy a way around it)."""
+
+    scopes = (ScopeType.HTTP,)
+    should_bypass_for_scope = staticmethod(
+        lambda scope: scope["path"].startswith(("/health", "/metrics", "/schema"))
+    )
+
+    def __init__(self, limiter: Limiter | None) -> None:
+        self.limiter = limiter
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if self.limiter is None or scope.get("method") not in ("GET", "HEAD"):
+            await next_app(scope, receive, send)
+            return
+        allowed, headers = await self.limiter.check(f"ip:{_client_ip(scope)}")
+        if not allowed:
+            await _refuse(send, headers, "client address")
+            return
+        await next_app(scope, receive, _with_headers(send, headers))

@@ -1,0 +1,90 @@
+"""Mint requests: the durable queue between the API (inserts, reads) and the minter (takes,
+sends, tracks), and the `mint_status` events both announce on the feed."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from db.locks import MINT_QUEUED_CHANNEL
+from db.outbox import append_outbox
+from discograph.encoding import checksum_address
+
+MINT_COLUMNS = (
+    "id, album_id, requester, to_address, token_uri, idempotency_key, status, remint,"
+    " contract, signer, nonce, tx_hash, block_number, block_hash, token_id, error, attempts,"
+    " submitted_at, created_at, updated_at"
+)
+# Terminal states: the minter never touches these again.
+FINAL_STATUSES = ("finalized", "failed")
+
+
+async def insert_mint_request(
+    conn: asyncpg.Connection,
+    *,
+    album_id: uuid.UUID,
+    requester: str,
+    to_address: bytes,
+    token_uri: str,
+    idempotency_key: str | None,
+    remint: bool = False,
+) -> asyncpg.Record:
+    """Queue a mint (inside the caller's transaction) and wake the minter at commit.
+
+    Raises `asyncpg.UniqueViolationError` when the album already has a live mint (and this is
+    not a re-mint): the database decides, so concurrent requests cannot both pass."""
+    row = await conn.fetchrow(
+        "INSERT INTO mint_requests"
+        " (id, album_id, requester, to_address, token_uri, idempotency_key, remint)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        f" RETURNING {MINT_COLUMNS}",
+        uuid.uuid4(),
+        album_id,
+        requester,
+        to_address,
+        token_uri,
+        idempotency_key,
+        remint,
+    )
+    assert row is not None
+    await conn.execute("SELECT pg_notify($1, $2)", MINT_QUEUED_CHANNEL, str(row["id"]))
+    return row
+
+
+async def get_mint(conn: asyncpg.Connection | asyncpg.Pool, mint_id: uuid.UUID) -> Any:
+    return await conn.fetchrow(f"SELECT {MINT_COLUMNS} FROM mint_requests WHERE id = $1", mint_id)
+
+
+def mint_status_message(row: asyncpg.Record, chain_id: int) -> dict[str, Any]:
+    """The feed's `mint_status` event of a mint request row (its current status)."""
+
+    def hex0x(value: bytes | None) -> str | None:
+        return None if value is None else "0x" + bytes(value).hex()
+
+    return {
+        "type": "mint_status",
+        "chain_id": chain_id,
+        "mint_id": str(row["id"]),
+        "album_id": str(row["album_id"]),
+        "status": row["status"],
+        "requester": row["requester"],
+        "to": _checksum(row["to_address"]),
+        "contract": _checksum(row["contract"]) if row["contract"] is not None else None,
+        "nonce": row["nonce"],
+        "tx_hash": hex0x(row["tx_hash"]),
+        "block_number": row["block_number"],
+        "block_hash": hex0x(row["block_hash"]),
+        "token_id": str(row["token_id"]) if row["token_id"] is not None else None,
+        "error": row["error"],
+    }
+
+
+def _checksum(raw: bytes) -> str:
+    return checksum_address(bytes(raw))
+
+
+async def announce_mint(conn: asyncpg.Connection, chain_id: int, row: asyncpg.Record) -> None:
+    """Append the row's current status to the outbox (inside the caller's transaction)."""
+    await append_outbox(conn, chain_id, [mint_status_message(row, chain_id)])
