@@ -13,22 +13,33 @@ from typing import Any
 import asyncpg
 from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.response_cache import ResponseCacheConfig
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
+from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.spec import Components
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.types import ASGIApp, Receive, Scope, Send
 
+from api.auth import jwt_auth
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
 from api.freshness import CheckpointConnection, CheckpointReads, IndexedBlock
 from api.middleware import ChainVersionMiddleware
-from api.routes import albums, health, nfts, status
+from api.ratelimit import AnonymousReadRateLimit, Limiter, SubjectRateLimit, limit_storage
+from api.routes import albums, health, nfts, status, writes
 from api.state import add_read_headers
 from db.engine import create_pool
 from discograph import __version__
+from discograph.errors import ConfigError
 from discograph.settings import Settings
 
 READ_ROUTERS: list[Any] = [status.StatusController]
-READ_ROUTERS += [albums.AlbumController, albums.ArtistAlbumsController]
+READ_ROUTERS += [
+    albums.AlbumController,
+    albums.AlbumMetadataController,
+    albums.ArtistAlbumsController,
+]
 READ_ROUTERS += [
     nfts.NftController,
     nfts.OwnerController,
@@ -56,6 +67,48 @@ def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
 
 
+WRITE_ROUTERS: list[Any] = [
+    writes.ArtistWriteController,
+    writes.AlbumWriteController,
+    writes.MintController,
+]
+
+
+class WritesDisabled(ASGIMiddleware):
+    """Without a way to check tokens (no JWT_SECRET / public key) the write routes say so."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        raise HTTPException(status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=self.reason)
+
+
+def _write_controllers(
+    settings: Settings, storage: Any, namespace: str
+) -> tuple[list[Any], list[Components]]:
+    """The write controllers behind JWT authentication, then the per-subject rate limit
+    (controller middleware: they share paths with the read routes, e.g. `/albums`)."""
+    try:
+        auth = jwt_auth(settings)
+    except ConfigError as exc:
+        guard: list[Any] = [WritesDisabled(f"the write API is not configured: {exc}")]
+        components: list[Components] = []
+        security = None
+    else:
+        writes_rate = settings.rate_limit("writes")
+        limit = Limiter(storage, writes_rate, f"{namespace}:writes") if writes_rate else None
+        guard = [auth.middleware, SubjectRateLimit(limit)]
+        components = [auth.openapi_components]
+        security = [auth.security_requirement]
+    guarded = [
+        type(c.__name__, (c,), {"middleware": guard, "security": security}) for c in WRITE_ROUTERS
+    ]
+    return guarded, components
+
+
 def create_app(
     settings: Settings, database_url: str, *, cache_namespace: str = "discograph:responses"
 ) -> Litestar:
@@ -80,9 +133,17 @@ def create_app(
             await app.state.pool.close()
 
     prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)
-    reads = Router(path="/", route_handlers=READ_ROUTERS)
+    storage = limit_storage(settings.redis_url)
+    reads_rate = settings.rate_limit("reads")
+    read_limit = Limiter(storage, reads_rate, f"{cache_namespace}:reads") if reads_rate else None
+    write_controllers, openapi_components = _write_controllers(settings, storage, cache_namespace)
+    api = Router(
+        path="/",
+        route_handlers=READ_ROUTERS + write_controllers,
+        middleware=[AnonymousReadRateLimit(read_limit)],
+    )
     return Litestar(
-        route_handlers=[reads, health.HealthController, PrometheusController],
+        route_handlers=[api, health.HealthController, PrometheusController],
         lifespan=[lifespan],
         before_send=[add_read_headers],
         middleware=[prometheus.middleware, ChainVersionMiddleware()],
@@ -96,8 +157,10 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="Discograph",
             version=__version__,
-            description="Reorg-safe read model of album NFTs: albums, NFTs, owners, transfers.",
+            description="Reorg-safe read model of album NFTs: albums, NFTs, owners, transfers;"
+            " JWT-authenticated writes that create albums and queue their mints.",
             path="/schema",
+            components=openapi_components,
         ),
         stores={CACHE_STORE: cache_store(settings.redis_url, cache_namespace)},
         response_cache_config=ResponseCacheConfig(

@@ -22,7 +22,6 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from redis.exceptions import RedisError
 
 log = logging.getLogger("discograph.api")
 
@@ -36,6 +35,9 @@ class Limiter:
         self.namespace = namespace
         self.healthy = True
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Limiter:
+        return self  # Litestar copies route layers: they all share this one limiter
+
     async def check(self, identity: str) -> tuple[bool, dict[str, str]]:
         """Count a hit for `identity`: (allowed, the RateLimit-* headers)."""
         try:
@@ -43,7 +45,7 @@ class Limiter:
             reset_at, remaining = await self.window.get_window_stats(
                 self.item, self.namespace, identity
             )
-        except (RedisError, OSError, ConnectionError) as exc:
+        except Exception as exc:
             if self.healthy:
                 log.warning("rate limits unavailable, not enforced", extra={"error": repr(exc)})
             self.healthy = False

@@ -140,8 +140,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             ("RATE_LIMIT_WRITES", self.rate_limit_writes),
             ("RATE_LIMIT_READS", self.rate_limit_reads),
         ):
-            if value and not _RATE_RE.match(value):
-                raise ConfigError(f"{variable} must look like 60/minute (or be empty: no limit)")
+            if value != "off" and not _RATE_RE.match(value):
+                raise ConfigError(f"{variable} must look like 60/minute, or be off")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("PUBLIC_URL must be an http(s):// URL")
         if self.minter_private_key is not None and self.minter_key_file is not None:
@@ -171,6 +171,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         if not _PRIVATE_KEY_RE.match(text):
             raise ConfigError("MINTER_KEY_FILE must hold 32 bytes of hex")
         return Secret(text)
+
+    def rate_limit(self, kind: str) -> str | None:
+        """`RATE_LIMIT_WRITES` / `RATE_LIMIT_READS` as a `limits` string; None when off."""
+        value: str = getattr(self, f"rate_limit_{kind}")
+        return None if value == "off" else value
 
     def public_base_url(self) -> str:
         """Where clients reach the API (album metadata URLs point here)."""

@@ -159,6 +159,32 @@ async def album_contract(rpc: RpcClient, dev_signers: list[Signer]) -> str:
     return address
 
 
+def head_revision() -> str:
+    """The newest migration's revision id (what a migrated database records)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+TEST_JWT_SECRET = "test-secret-for-discograph-jwt-0123456789"
+
+
+def api_env(database_url: str, **extra: str) -> dict[str, str]:
+    """Settings of a test API: its database, the test JWT secret, no read rate limit (tests
+    read in loops from one address; the rate-limit tests set their own)."""
+    return {
+        "DATABASE_URL": database_url,
+        "METRICS_PORT": "0",
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "RATE_LIMIT_READS": "off",
+        **extra,
+    }
+
+
 @pytest_asyncio.fixture
 async def api_client(database_url: str) -> AsyncIterator[Any]:
     """The real API app (lifespan, pool, hooks) on this test's database, in process."""
@@ -167,7 +193,7 @@ async def api_client(database_url: str) -> AsyncIterator[Any]:
     from api.app import create_app
     from discograph.settings import load_settings
 
-    settings = load_settings({"DATABASE_URL": database_url, "METRICS_PORT": "0"}, env_file=None)
+    settings = load_settings(api_env(database_url), env_file=None)
     async with AsyncTestClient(app=create_app(settings, database_url)) as client:
         yield client
 
@@ -176,20 +202,26 @@ async def api_client(database_url: str) -> AsyncIterator[Any]:
 def api_url(database_url: str, redis_url: str) -> Iterator[str]:
     """The real API served by uvicorn on a free loopback port (own thread and event loop),
     for tests where the server and the test must run concurrently."""
+    from api.app import create_app
+    from discograph.settings import load_settings
+
+    settings = load_settings(api_env(database_url, REDIS_URL=redis_url), env_file=None)
+    with serve_api(
+        create_app(settings, database_url, cache_namespace=f"test:{uuid.uuid4().hex}")
+    ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_api(app: Any) -> Iterator[str]:
+    """Serve an app with uvicorn on a free loopback port, in its own thread and loop."""
     import threading
 
     import uvicorn
 
-    from api.app import create_app
     from discograph.processes import free_port
-    from discograph.settings import load_settings
 
-    settings = load_settings(
-        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "METRICS_PORT": "0"},
-        env_file=None,
-    )
     port = free_port()
-    app = create_app(settings, database_url, cache_namespace=f"test:{uuid.uuid4().hex}")
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)

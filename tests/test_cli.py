@@ -14,7 +14,7 @@ from chain.album import MINTER_ROLE, call_view
 from chain.rpc import RpcClient
 from discograph.demo import DEMO_CATALOG
 from discograph.localchain import ANVIL_DEV_KEYS, Anvil
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, head_revision
 
 SERVICE_VARS = ("DATABASE_URL", "REDIS_URL", "RPC_URL", "RPC_WS_URL", "MINTER_PRIVATE_KEY")
 
@@ -105,7 +105,7 @@ async def test_migrate_command_migrates_a_configured_database(
     assert result.returncode == 0, result.stderr
     conn = await asyncpg.connect(empty_database_url)
     try:
-        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0003"
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
     finally:
         await conn.close()
 

@@ -18,6 +18,7 @@ from litestar.params import Parameter
 from api import params
 from api.album_schemas import Album, AlbumNft, AlbumPage, AlbumStatus, ArtistRef, Track
 from api.state import finality_of
+from api.write_schemas import AlbumMetadata, TrackMetadata
 from db import catalog_reads
 from discograph.encoding import checksum_address, hex0x
 
@@ -66,7 +67,7 @@ def _nft(row: asyncpg.Record, view: asyncpg.Record | None) -> AlbumNft | None:
     )
 
 
-async def _albums(
+async def assemble_albums(
     conn: asyncpg.Connection | asyncpg.Pool,
     rows: Sequence[asyncpg.Record],
     view: asyncpg.Record | None,
@@ -117,7 +118,7 @@ async def _page(
         )
         more = len(rows) > size
         rows = rows[:size]
-        items = await _albums(conn, rows, request.state.chain_view)
+        items = await assemble_albums(conn, rows, request.state.chain_view)
     return AlbumPage(items=items, next_cursor=_cursor_of(rows[-1]) if more else None)
 
 
@@ -156,7 +157,7 @@ class AlbumController(Controller):
         row = await catalog_reads.album(pool, key)
         if row is None:
             raise NotFoundException(detail=f"album {key} not found")
-        (album,) = await _albums(pool, [row], request.state.chain_view)
+        (album,) = await assemble_albums(pool, [row], request.state.chain_view)
         return album
 
 
@@ -179,3 +180,49 @@ class ArtistAlbumsController(Controller):
         params.reject_unknown(request.query_params, ARTIST_LIST_PARAMS)
         key = params.album_id("artist_id", artist_id)
         return await _page(request, limit=limit, cursor=cursor, artist_id=key)
+
+
+class AlbumMetadataController(Controller):
+    path = "/albums"
+    tags = ["albums"]
+
+    @get(
+        "/{album_id:str}/metadata.json",
+        summary="ERC-721 metadata JSON of an album (the default token URI of its NFT)",
+        raises=[ValidationException, NotFoundException],
+    )
+    async def metadata(
+        self, request: Request[Any, Any, Any], album_id: str = UuidParam
+    ) -> AlbumMetadata:
+        params.reject_unknown(request.query_params, ONE_PARAMS)
+        key = params.album_id("album_id", album_id)
+        pool = request.app.state.pool
+        row = await catalog_reads.album(pool, key)
+        if row is None:
+            raise NotFoundException(detail=f"album {key} not found")
+        tracks = await catalog_reads.tracks_of(pool, [key])
+        extra = msgspec.json.decode(row["metadata"])
+        base = request.app.state.settings.public_base_url()
+        description = extra.get("description") if isinstance(extra, dict) else None
+        return AlbumMetadata(
+            name=row["title"],
+            description=str(description or f"{row['title']} by {row['artist_name']}"),
+            external_url=f"{base}/albums/{key}",
+            attributes=[
+                TrackMetadata(trait_type=f"Track {t['position']}", value=t["title"]) for t in tracks
+            ],
+            properties={
+                "album_id": str(key),
+                "artist": {"id": str(row["artist_id"]), "name": row["artist_name"]},
+                "tracks": [
+                    {
+                        "position": t["position"],
+                        "title": t["title"],
+                        "duration_s": t["duration_s"],
+                        "isrc": t["isrc"],
+                    }
+                    for t in tracks
+                ],
+                "metadata": extra,
+            },
+        )
