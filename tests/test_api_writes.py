@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import os
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -439,20 +444,56 @@ async def test_one_key_sent_20_times_at_once_makes_one_mint(
         await conn.close()
 
 
+@contextlib.contextmanager
+def api_processes(env: dict[str, str], count: int, workdir: Path) -> Iterator[list[str]]:
+    """`count` separate `discograph api` processes on free ports, with `env`."""
+    from discograph.processes import ChildProcess, free_port
+    from tests.conftest import REPO_ROOT
+
+    urls, children = [], []
+    try:
+        for i in range(count):
+            port = free_port()
+            child_env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("TEST_")},
+                **env,
+                "HTTP_PORT": str(port),
+                "LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+            argv = [sys.executable, "-m", "discograph.cli", "--env-file", "/dev/null", "api"]
+            child = ChildProcess(
+                f"api{i}", argv, log_path=workdir / f"api{i}.log", env=child_env, cwd=REPO_ROOT
+            )
+            children.append(child)
+            url = f"http://127.0.0.1:{port}"
+            child.wait_until(lambda port=port: _answers(port), 30, "serving")
+            urls.append(url)
+        yield urls
+    finally:
+        for child in children:
+            child.stop()
+
+
+def _answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("kind", ["writes", "reads"])
 async def test_rate_limits_are_shared_by_two_api_processes(
-    database_url: str, redis_url: str, kind: str
+    database_url: str, redis_url: str, kind: str, tmp_path: Path
 ) -> None:
-    from api.app import create_app
-    from discograph.settings import load_settings
-    from tests.conftest import api_env, serve_api
+    from tests.conftest import api_env
 
-    namespace = f"test:{uuid.uuid4().hex}"
     env = api_env(database_url, REDIS_URL=redis_url)
     env["RATE_LIMIT_WRITES" if kind == "writes" else "RATE_LIMIT_READS"] = "5/minute"
-    settings = load_settings(env, env_file=None)
-    apps = [create_app(settings, database_url, cache_namespace=namespace) for _ in range(2)]
-    with serve_api(apps[0]) as first, serve_api(apps[1]) as second:
+    with api_processes(env, 2, tmp_path) as (first, second):
         async with aiohttp.ClientSession() as http:
             statuses = []
             for i in range(7):
