@@ -16,11 +16,19 @@ from litestar import Request
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 log = logging.getLogger("discograph.api")
 CACHE_STORE = "response_cache"
 CACHE_TTL = 300  # seconds; versioned keys never go stale, the TTL only frees memory
+
+CACHE_LOOKUPS = Counter(
+    "discograph_cache_lookups",
+    "Response-cache lookups of the API by result (hit, miss, error = backend unavailable)",
+    ["result"],
+)
+_HIT, _MISS, _ERROR = (CACHE_LOOKUPS.labels(r) for r in ("hit", "miss", "error"))
 
 
 def cache_key(request: Request[Any, Any, Any]) -> str:
@@ -58,9 +66,11 @@ class FailSoftStore(Store):
         try:
             value = await self.inner.get(key, renew_for)
         except (RedisError, OSError) as exc:
+            _ERROR.inc()
             self._failed(exc)
             return None
         self.healthy = True
+        (_MISS if value is None else _HIT).inc()
         return value
 
     async def delete(self, key: str) -> None:

@@ -48,8 +48,18 @@ async def test_warm_cache_never_returns_the_old_owner_after_a_transfer(
                 hits += response.headers.get("x-cache") == "hit"
             owners = await client.get(f"/owners/{expected}/nfts")
             assert token_id in [int(i["token_id"]) for i in owners.json()["items"]]
+        metrics = (await client.get("/metrics")).text
     # The second read of each round is served from the cache: the cache is really in use.
     assert hits >= ROUNDS * 0.9
+    assert _counter(metrics, 'discograph_cache_lookups_total{result="hit"}') >= hits
+    assert _counter(metrics, 'discograph_cache_lookups_total{result="miss"}') >= ROUNDS
+
+
+def _counter(metrics: str, series: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in /metrics")
 
 
 async def test_reads_after_a_reorg_show_the_canonical_owner(
