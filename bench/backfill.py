@@ -66,7 +66,15 @@ TRANSFER_COLUMNS = (
     "chain_id", "contract", "block_number", "block_hash", "log_index", "tx_hash",
     "from_address", "to_address", "token_id",
 )  # fmt: skip
-STAGE_COLUMNS = ("token_id", "owner", "minted_block", "minted_tx", "updated_block")
+STAGE_COLUMNS = (
+    "token_id",
+    "owner",
+    "minted_block",
+    "minted_tx",
+    "updated_block",
+    "last_tx",
+    "last_from",
+)
 TRANSFER_TOPIC = event_topic(load_artifact("BenchTransfers").event("Transfer"))
 
 
@@ -305,17 +313,30 @@ def last_owners(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         seen = owners.get(token_id)
         if seen is None or from_address == ZERO_ADDRESS:
             # minted_* only matter for a token new to `nfts`, whose mint is in this batch.
-            owners[token_id] = (token_id, to_address, block, tx_hash, block)
+            owners[token_id] = (token_id, to_address, block, tx_hash, block, tx_hash, from_address)
         else:
-            owners[token_id] = (token_id, to_address, seen[2], seen[3], block)
+            owners[token_id] = (
+                token_id,
+                to_address,
+                seen[2],
+                seen[3],
+                block,
+                tx_hash,
+                from_address,
+            )
     return list(owners.values())
 
 
 UPSERT_OWNERS = """
-INSERT INTO nfts (chain_id, contract, token_id, owner, minted_block, minted_tx, updated_block)
-SELECT $1, $2, token_id, owner, minted_block, minted_tx, updated_block FROM bench_owners
+INSERT INTO nfts (chain_id, contract, token_id, owner, minted_block, minted_tx, updated_block,
+                  last_transfer_block, last_transfer_tx, last_transfer_from)
+SELECT $1, $2, token_id, owner, minted_block, minted_tx, updated_block,
+       updated_block, last_tx, last_from
+FROM bench_owners
 ON CONFLICT (chain_id, contract, token_id)
-DO UPDATE SET owner = EXCLUDED.owner, updated_block = EXCLUDED.updated_block
+DO UPDATE SET owner = EXCLUDED.owner, updated_block = EXCLUDED.updated_block,
+    last_transfer_block = EXCLUDED.last_transfer_block,
+    last_transfer_tx = EXCLUDED.last_transfer_tx, last_transfer_from = EXCLUDED.last_transfer_from
 """
 
 
@@ -328,7 +349,8 @@ async def ideal_pipeline(rpc_url: str, dsn: str, info: ChainInfo) -> float:
     try:
         await conn.execute(
             "CREATE TEMP TABLE bench_owners (token_id numeric(78,0), owner bytea,"
-            " minted_block bigint, minted_tx bytea, updated_block bigint) ON COMMIT DELETE ROWS"
+            " minted_block bigint, minted_tx bytea, updated_block bigint, last_tx bytea,"
+            " last_from bytea) ON COMMIT DELETE ROWS"
         )
         async with aiohttp.ClientSession(headers={"content-type": "application/json"}) as http:
             for first in range(info.first_block, info.head + 1, step):

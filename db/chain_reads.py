@@ -36,18 +36,14 @@ TRANSFER_COLUMNS = (
     " log_index, block_number, block_hash"
 )
 
-# Current state: the `nfts` row and its last transfer (one index probe per row).
+# Current state: the `nfts` row alone (it carries its last transfer, whose `to` is the owner).
 _NFT_LATEST = """
 SELECT n.contract, n.token_id::text AS token_id, n.owner, n.album_id, n.token_uri,
        n.minted_block, n.minted_tx,
        n.updated_block AS block_number, n.updated_block_hash AS block_hash,
-       last.block_number AS last_block, last.tx_hash AS last_tx,
-       last.from_address AS last_from, last.to_address AS last_to
+       n.last_transfer_block AS last_block, n.last_transfer_tx AS last_tx,
+       n.last_transfer_from AS last_from, n.owner AS last_to
 FROM nfts n
-LEFT JOIN LATERAL (
-    SELECT t.block_number, t.tx_hash, t.from_address, t.to_address FROM transfers t
-    WHERE t.chain_id = n.chain_id AND t.contract = n.contract AND t.token_id = n.token_id
-    ORDER BY t.block_number DESC, t.log_index DESC LIMIT 1) AS last ON true
 """
 
 

@@ -212,6 +212,11 @@ nfts = Table(
     Column("updated_block", BigInteger, nullable=False),
     Column("updated_block_hash", LargeBinary, nullable=False, server_default=text("'\\x'::bytea")),
     Column("updated_log_index", Integer, nullable=False, server_default="0"),
+    # The token's last transfer (its `to` is `owner`), kept here so that owner pages and token
+    # reads need no lookup into `transfers`.
+    Column("last_transfer_block", BigInteger, nullable=True),
+    Column("last_transfer_tx", LargeBinary, nullable=True),
+    _address("last_transfer_from", nullable=True),
     PrimaryKeyConstraint("chain_id", "contract", "token_id"),
     # NFTs of an owner; holders of a contract (grouped by owner).
     Index(None, "chain_id", "owner", "contract", "token_id"),

@@ -86,6 +86,8 @@ _OWNER_STAGE_COLUMNS = [
     "block_number",
     "block_hash",
     "log_index",
+    "tx_hash",
+    "from_address",
 ]
 
 
@@ -106,7 +108,8 @@ async def _upsert_owners(
         """
         CREATE TEMP TABLE IF NOT EXISTS owner_stage (
             contract bytea, token_id numeric(78, 0), owner bytea, minted_block bigint,
-            minted_tx bytea, block_number bigint, block_hash bytea, log_index int
+            minted_tx bytea, block_number bigint, block_hash bytea, log_index int,
+            tx_hash bytea, from_address bytea
         ) ON COMMIT DELETE ROWS
         """
     )
@@ -122,6 +125,8 @@ async def _upsert_owners(
                 t.block_number,
                 t.block_hash,
                 t.log_index,
+                t.tx_hash,
+                t.from_address,
             )
             for key, t in last.items()
         ],
@@ -130,15 +135,20 @@ async def _upsert_owners(
     await conn.execute(
         """
         INSERT INTO nfts AS n (chain_id, contract, token_id, owner, minted_block, minted_tx,
-                               updated_block, updated_block_hash, updated_log_index)
+                               updated_block, updated_block_hash, updated_log_index,
+                               last_transfer_block, last_transfer_tx, last_transfer_from)
         SELECT $1, s.contract, s.token_id, s.owner, s.minted_block, s.minted_tx,
-               s.block_number, s.block_hash, s.log_index
+               s.block_number, s.block_hash, s.log_index,
+               s.block_number, s.tx_hash, s.from_address
         FROM owner_stage s
         ON CONFLICT (chain_id, contract, token_id) DO UPDATE SET
             owner = EXCLUDED.owner,
             updated_block = EXCLUDED.updated_block,
             updated_block_hash = EXCLUDED.updated_block_hash,
-            updated_log_index = EXCLUDED.updated_log_index
+            updated_log_index = EXCLUDED.updated_log_index,
+            last_transfer_block = EXCLUDED.last_transfer_block,
+            last_transfer_tx = EXCLUDED.last_transfer_tx,
+            last_transfer_from = EXCLUDED.last_transfer_from
         """,
         chain_id,
     )
@@ -398,7 +408,8 @@ async def _recompute_tokens(
         """
         INSERT INTO nfts (chain_id, contract, token_id, owner, album_id, token_uri,
                           minted_block, minted_tx, updated_block, updated_block_hash,
-                          updated_log_index)
+                          updated_log_index, last_transfer_block, last_transfer_tx,
+                          last_transfer_from)
         SELECT $1, a.contract, a.token_id, last.to_address, link.album_id, uri.token_uri,
                first.block_number, first.tx_hash,
                CASE WHEN ev.block_number IS NOT NULL
@@ -409,10 +420,13 @@ async def _recompute_tokens(
                     THEN ev.block_hash ELSE last.block_hash END,
                CASE WHEN ev.block_number IS NOT NULL
                          AND (ev.block_number, ev.log_index) > (last.block_number, last.log_index)
-                    THEN ev.log_index ELSE last.log_index END
+                    THEN ev.log_index ELSE last.log_index END,
+               last.block_number, last.tx_hash, last.from_address
         FROM unnest($2::bytea[], $3::numeric[]) AS a(contract, token_id)
         CROSS JOIN LATERAL (
-            SELECT t.to_address, t.block_number, t.block_hash, t.log_index FROM transfers t
+            SELECT t.to_address, t.block_number, t.block_hash, t.log_index, t.tx_hash,
+                   t.from_address
+            FROM transfers t
             WHERE t.chain_id = $1 AND t.contract = a.contract AND t.token_id = a.token_id
             ORDER BY t.block_number DESC, t.log_index DESC LIMIT 1) AS last
         CROSS JOIN LATERAL (

@@ -106,7 +106,8 @@ async def projection(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
                 tuple(r)
                 for r in await conn.fetch(
                     "SELECT contract, token_id, owner, album_id, token_uri, minted_block,"
-                    " minted_tx, updated_block, updated_block_hash, updated_log_index FROM nfts"
+                    " minted_tx, updated_block, updated_block_hash, updated_log_index,"
+                    " last_transfer_block, last_transfer_tx, last_transfer_from FROM nfts"
                     " ORDER BY contract, token_id"
                 )
             ],

@@ -482,9 +482,10 @@ async def test_hot_queries_are_index_scans_at_100k_transfers(database_url: str) 
         await conn.execute(
             """
             INSERT INTO nfts (chain_id, contract, token_id, owner, minted_block, minted_tx,
-                              updated_block, updated_block_hash, updated_log_index)
+                              updated_block, updated_block_hash, updated_log_index,
+                              last_transfer_block, last_transfer_tx, last_transfer_from)
             SELECT DISTINCT ON (token_id) chain_id, contract, token_id, to_address, 1, tx_hash,
-                   block_number, block_hash, log_index
+                   block_number, block_hash, log_index, block_number, tx_hash, from_address
             FROM transfers ORDER BY token_id, block_number DESC, log_index DESC
             """
         )
