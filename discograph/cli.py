@@ -146,6 +146,40 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from api.auth import issue_token
+
+    private_key = None
+    if args.private_key_file is not None:
+        try:
+            private_key = Path(args.private_key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--private-key-file cannot be read: {exc.strerror}") from None
+    print(
+        issue_token(
+            settings, subject=args.sub, role=args.role, ttl=args.ttl, private_key=private_key
+        )
+    )
+    return 0
+
+
+def cmd_minter(settings: Settings, args: argparse.Namespace) -> int:
+    from minter.service import run_minter
+
+    with _database(settings) as dsn:
+        return asyncio.run(run_minter(settings, dsn, metrics_port=settings.metrics_port or None))
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seconds") from None
+    if not 0 < seconds <= 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError("expected seconds between 0 and ten years")
+    return seconds
+
+
 def _until(value: str) -> int:
     from indexer.sync import HEAD
 
@@ -222,8 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--until", type=_until, default=None, metavar="BLOCK|head")
     reindex.set_defaults(handler=cmd_index)
 
-    api = commands.add_parser("api", help="serve the read API (HTTP_HOST:HTTP_PORT)")
+    api = commands.add_parser("api", help="serve the API (HTTP_HOST:HTTP_PORT)")
     api.set_defaults(handler=cmd_api)
+
+    minter = commands.add_parser(
+        "minter", help="send queued mint requests and track them until final (holds the key)"
+    )
+    minter.set_defaults(handler=cmd_minter)
+
+    token = commands.add_parser(
+        "token", help="print a signed JWT for the write API (JWT_SECRET, or --private-key-file)"
+    )
+    token.add_argument("--sub", required=True, help="subject: the artist's id for role artist")
+    token.add_argument("--role", required=True, choices=["artist", "admin"])
+    token.add_argument(
+        "--ttl", type=_positive_seconds, default=3600.0, help="seconds of validity (default 3600)"
+    )
+    token.add_argument(
+        "--private-key-file",
+        default=None,
+        help="PEM private key for JWT_ALGORITHM=RS256/ES256 (HS256 signs with JWT_SECRET)",
+    )
+    token.set_defaults(handler=cmd_token)
 
     status = commands.add_parser(
         "status", help="chain head, indexed block, lag, safe/finalized block and the last reorg"

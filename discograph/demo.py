@@ -109,3 +109,84 @@ async def seed_demo(
             )
         ],
     )
+
+
+class DemoError(RuntimeError):
+    """The API refused a demo request, or a demo mint did not complete."""
+
+
+async def seed_demo_through_api(
+    base_url: str,
+    admin_token: str,
+    rpc: RpcClient,
+    contract: str,
+    wallets: list[Signer],
+    *,
+    timeout: float = 120.0,
+) -> int:
+    """The demo catalog as a frontend makes it: artists and albums created and minted through
+    the write API (the minter sends the transactions), then a few trades on chain.
+
+    Returns how many albums were minted. Idempotency keys make a re-run after a crash harmless.
+    """
+    import asyncio
+    import time
+
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    fan = wallets[len(DEMO_CATALOG)]
+    mints: list[tuple[str, Signer]] = []
+    async with aiohttp.ClientSession(base_url) as http:
+
+        async def post(path: str, body: dict[str, object], key: str) -> dict[str, object]:
+            async with http.post(
+                path, json=body, headers=headers | {"Idempotency-Key": key}
+            ) as response:
+                answer: dict[str, object] = await response.json()
+                if response.status >= 400:
+                    raise DemoError(f"POST {path}: {response.status} {answer.get('detail')}")
+                return answer
+
+        for index, (artist_name, albums) in enumerate(DEMO_CATALOG):
+            wallet = wallets[index]
+            body: dict[str, object] = {"name": artist_name, "wallet": wallet.address}
+            artist = await post("/artists", body, f"demo-artist-{index}")
+            for title, songs in albums:
+                album = {
+                    "artist_id": artist["id"],
+                    "title": title,
+                    "tracks": [
+                        {"position": position, "title": song, "duration_s": seconds}
+                        for position, (song, seconds) in enumerate(songs, start=1)
+                    ],
+                    "metadata": {"genre": "demo", "year": 2026},
+                }
+                accepted = await post("/albums/mint", album, f"demo-album-{title}")
+                mints.append((str(accepted["mint_id"]), wallet))
+        token_of: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(token_of) < len(mints):
+            for mint_id, _ in mints:
+                if mint_id in token_of:
+                    continue
+                async with http.get(f"/mints/{mint_id}", headers=headers) as response:
+                    mint = await response.json()
+                if mint["status"] == "failed":
+                    raise DemoError(f"demo mint {mint_id} failed: {mint['error']}")
+                if mint["status"] in ("mined", "confirmed", "finalized"):
+                    token_of[mint_id] = int(mint["token_id"])
+            if time.monotonic() > deadline:
+                raise DemoError(f"demo mints not mined within {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+    # Two artists sell their first album to the fan; then the fan passes one on.
+    transfer_fn = load_artifact(ARTIFACT_NAME).function("transferFrom")
+    first, second = mints[0], mints[2]
+    for mint_id, seller in (first, second):
+        call = encode_call(transfer_fn, seller.address, fan.address, token_of[mint_id])
+        await send_many(rpc, seller, [(contract, call)])
+    onward = wallets[len(DEMO_CATALOG) - 1].address
+    call = encode_call(transfer_fn, fan.address, onward, token_of[first[0]])
+    await send_many(rpc, fan, [(contract, call)])
+    return len(mints)

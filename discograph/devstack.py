@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,7 @@ from discograph.embedded import start_postgres, start_valkey
 from discograph.errors import ConfigError
 from discograph.localchain import ANVIL_CHAIN_ID, ANVIL_DEV_KEYS, start_anvil
 from discograph.processes import free_port, port_open
-from discograph.settings import Settings, redact_url
+from discograph.settings import Secret, Settings, redact_url
 
 log = logging.getLogger("discograph.dev")
 DEV_DATABASE = "discograph"
@@ -77,10 +78,37 @@ def services(settings: Settings, *, block_time: float | None) -> Iterator[Servic
         )
 
 
-async def prepare(settings: Settings, found: Services) -> tuple[str, int]:
-    """Migrate, then reuse the album contract of an earlier run or deploy one and seed demo data.
+def dev_settings(settings: Settings, found: Services) -> Settings:
+    """What the dev stack fills in: the URLs it started, a JWT secret of its own (kept under
+    DATA_DIR, so tokens survive restarts), and anvil's first dev key as the minter's."""
+    changes: dict[str, object] = {
+        "database_url": found.database_url,
+        "redis_url": found.redis_url,
+        "rpc_url": (found.rpc_url,),
+    }
+    if settings.jwt_secret is None and settings.jwt_algorithm == "HS256":
+        changes["jwt_secret"] = dev_jwt_secret(Path(settings.data_dir))
+    if settings.minter_key() is None and found.local_chain:
+        changes["minter_private_key"] = Secret(ANVIL_DEV_KEYS[0])
+    if found.local_chain:
+        changes["confirmations"] = 1
+    return settings.with_values(**changes)
 
-    Returns the contract address and the chain id.
+
+def dev_jwt_secret(data_dir: Path) -> Secret:
+    path = data_dir / "jwt_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return Secret(path.read_text().strip())
+
+
+async def prepare(settings: Settings, found: Services) -> tuple[str, int, bool]:
+    """Migrate, then reuse the album contract of an earlier run or deploy one.
+
+    Returns the contract address, the chain id, and whether it was deployed just now (then the
+    demo data is still to be made).
     """
     await ensure_database(found.database_url)
     await migrate(found.database_url)
@@ -103,7 +131,7 @@ async def prepare(settings: Settings, found: Services) -> tuple[str, int]:
                 if code not in ("0x", "0x0", None):
                     contract = str(to_checksum_address(address))
                     log.info("reusing album contract from an earlier run", extra={"at": contract})
-                    return contract, chain_id
+                    return contract, chain_id, False
             if known and found.embedded_database:
                 # The dev chain was lost (its state file deleted) but the dev database kept
                 # rows from it: start the dev database over, it only mirrors that chain.
@@ -113,10 +141,8 @@ async def prepare(settings: Settings, found: Services) -> tuple[str, int]:
                 await ensure_database(found.database_url)
                 await migrate(found.database_url)
                 pool = await create_pool(found.database_url, max_size=4)
-            contract = await deploy_and_record(
-                rpc, pool, minter, chain_id, demo=chain_id == ANVIL_CHAIN_ID
-            )
-            return contract, chain_id
+            contract = await deploy_and_record(rpc, pool, minter, chain_id)
+            return contract, chain_id, True
         finally:
             await pool.close()
 
@@ -228,10 +254,7 @@ async def _serve_api(settings: Settings, found: Services) -> AsyncIterator[str]:
             yield
 
     port = _api_port(settings)
-    app = create_app(
-        settings.with_values(database_url=found.database_url, redis_url=found.redis_url),
-        found.database_url,
-    )
+    app = create_app(settings, found.database_url)
     server = EmbeddedServer(
         uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning")
     )
@@ -249,26 +272,61 @@ async def _serve_api(settings: Settings, found: Services) -> AsyncIterator[str]:
 
 
 async def _run_stack(settings: Settings, found: Services) -> None:
+    from api.auth import issue_token
     from indexer.service import run_indexer
+    from minter.service import run_minter
 
-    contract, chain_id = await prepare(settings, found)
+    settings = dev_settings(settings, found)
+    contract, chain_id, fresh = await prepare(settings, found)
+    settings = settings.with_values(album_contract=contract)
     print(describe(found, contract, chain_id), flush=True)
     async with RpcClient(found.rpc_url) as rpc:
         head = to_int(await rpc.call("eth_blockNumber"))
-    indexer = asyncio.create_task(
-        run_indexer(indexer_settings(settings, found), found.database_url)
-    )
+    tasks = [
+        asyncio.create_task(run_indexer(indexer_settings(settings, found), found.database_url))
+    ]
     try:
-        await _wait_indexed(found.database_url, head, indexer)
-        await _print_indexed(found.database_url)
+        await _wait_indexed(found.database_url, head, tasks[0])
         async with _serve_api(settings, found) as api_url:
+            tasks.append(asyncio.create_task(run_minter(settings, found.database_url)))
+            admin = issue_token(settings, subject="dev-admin", role="admin", ttl=30 * 86400)
+            if fresh and chain_id == ANVIL_CHAIN_ID:
+                print("  demo data: albums minted through the API and the minter …", flush=True)
+                await _seed_demo(api_url, admin, found, contract, tasks)
+            await _print_indexed(found.database_url)
             print(f"  API        {api_url}  (OpenAPI: {api_url}/schema, try {api_url}/albums)")
-            print("Ready: the indexer follows the chain. Press Ctrl-C to stop.", flush=True)
-            await indexer  # runs until stopped; returns only by failing
+            print(f"  admin JWT  {admin}")
+            print("Ready: the indexer follows the chain, the minter sends mints. Ctrl-C stops.")
+            sys.stdout.flush()
+            # Both run until stopped: they return only by failing.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
     finally:
-        indexer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await indexer
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _seed_demo(
+    api_url: str, admin: str, found: Services, contract: str, tasks: list[asyncio.Task[int]]
+) -> None:
+    from discograph.demo import seed_demo_through_api
+
+    async with RpcClient(found.rpc_url) as rpc:
+        wallets = [Signer(key) for key in ANVIL_DEV_KEYS[1:]]
+        seeding = asyncio.create_task(seed_demo_through_api(api_url, admin, rpc, contract, wallets))
+        done, _ = await asyncio.wait([seeding, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if seeding not in done:
+            seeding.cancel()
+            for task in done:
+                task.result()  # the indexer or minter failed: say why
+        minted = seeding.result()
+        head = to_int(await rpc.call("eth_blockNumber"))
+    await _wait_indexed(found.database_url, head, tasks[0])
+    print(f"  demo data: {minted} albums minted, 3 trades", flush=True)
 
 
 def run_dev(settings: Settings, *, block_time: float | None = 1.0) -> int:

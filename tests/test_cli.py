@@ -172,3 +172,30 @@ async def test_api_with_an_unreachable_database_is_a_clear_error(tmp_path: Path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "Postgres" in result.stderr
+
+
+async def test_token_prints_a_jwt_the_api_accepts(tmp_path: Path) -> None:
+    import jwt
+
+    secret = "cli-test-secret-0123456789abcdefghijkl"
+    artist = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    result = await discograph(
+        "token",
+        "--sub",
+        artist,
+        "--role",
+        "artist",
+        "--ttl",
+        "120",
+        env={"JWT_SECRET": secret, "JWT_AUDIENCE": "discograph"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"], audience="discograph")
+    assert claims["sub"] == artist
+    assert claims["role"] == "artist"
+    assert 110 <= claims["exp"] - claims["iat"] <= 120
+    missing = await discograph("token", "--sub", "x", "--role", "admin", env={}, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "JWT_SECRET" in missing.stderr
+    assert "Traceback" not in missing.stderr
