@@ -6,6 +6,9 @@ talks to the chain (an import-linter contract keeps it so).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +25,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from api import idempotency
 from api.auth import jwt_auth
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
 from api.freshness import CheckpointConnection, CheckpointReads, IndexedBlock
@@ -33,6 +37,8 @@ from db.engine import create_pool
 from discograph import __version__
 from discograph.errors import ConfigError
 from discograph.settings import Settings
+
+log = logging.getLogger("discograph.api")
 
 READ_ROUTERS: list[Any] = [status.StatusController]
 READ_ROUTERS += [
@@ -61,9 +67,14 @@ def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[s
     return _error(HTTP_503_SERVICE_UNAVAILABLE, "database unavailable, retry shortly")
 
 
-def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, HTTPException):
         return _error(exc.status_code, exc.detail, exc.extra or None, exc.headers)
+    log.error(
+        "unexpected error answering a request",
+        exc_info=exc,
+        extra={"method": request.method, "path": request.url.path},
+    )
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
 
 
@@ -109,6 +120,18 @@ def _write_controllers(
     return guarded, components
 
 
+async def _prune_idempotency_keys(pool: asyncpg.Pool, every: float = 3600.0) -> None:
+    """Hourly, every replica: idempotency keys are kept a day (`idempotency.KEEP_FOR`)."""
+    while True:
+        try:
+            forgotten = await idempotency.prune(pool)
+            if forgotten:
+                log.info("idempotency keys expired", extra={"count": forgotten})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("idempotency key expiry failed", extra={"error": repr(exc)})
+        await asyncio.sleep(every)
+
+
 def create_app(
     settings: Settings, database_url: str, *, cache_namespace: str = "discograph:responses"
 ) -> Litestar:
@@ -125,9 +148,13 @@ def create_app(
         app.state.checkpoints = CheckpointReads(checkpoint_conn.fetch)
         app.state.indexed = IndexedBlock(database_url)
         await app.state.indexed.start()
+        pruning = asyncio.create_task(_prune_idempotency_keys(app.state.pool))
         try:
             yield
         finally:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
             await app.state.indexed.stop()
             await checkpoint_conn.close()
             await app.state.pool.close()
@@ -167,4 +194,6 @@ def create_app(
             store=CACHE_STORE, key_builder=cache_key, default_expiration=CACHE_TTL
         ),
         request_max_body_size=1024 * 1024,
+        # Logging belongs to the process (discograph.logs); Litestar must not reconfigure it.
+        logging_config=None,
     )

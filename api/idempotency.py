@@ -28,6 +28,7 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 CLAIM_TIMEOUT = datetime.timedelta(seconds=60)
+KEEP_FOR = datetime.timedelta(hours=24)  # how long a key replays its answer
 
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]]
 
@@ -169,3 +170,11 @@ async def _claim(
         detail=f"{HEADER} {key!r} is contended; retry shortly",
         headers={"Retry-After": "1"},
     )
+
+
+async def prune(pool: asyncpg.Pool) -> int:
+    """Forget keys older than `KEEP_FOR` (a retry comes within minutes, not days)."""
+    result = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", KEEP_FOR
+    )
+    return int(result.split()[-1])

@@ -254,6 +254,8 @@ async def _serve_api(settings: Settings, found: Services) -> AsyncIterator[str]:
             yield
 
     port = _api_port(settings)
+    if settings.public_url is None:  # metadata URLs must name the port really taken
+        settings = settings.with_values(public_url=f"http://{settings.http_host}:{port}")
     app = create_app(settings, found.database_url)
     server = EmbeddedServer(
         uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning")

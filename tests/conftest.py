@@ -174,13 +174,14 @@ TEST_JWT_SECRET = "test-secret-for-discograph-jwt-0123456789"
 
 
 def api_env(database_url: str, **extra: str) -> dict[str, str]:
-    """Settings of a test API: its database, the test JWT secret, no read rate limit (tests
-    read in loops from one address; the rate-limit tests set their own)."""
+    """Settings of a test API: its database, the test JWT secret, no rate limits (tests read
+    and write in loops from one address; the rate-limit tests set their own)."""
     return {
         "DATABASE_URL": database_url,
         "METRICS_PORT": "0",
         "JWT_SECRET": TEST_JWT_SECRET,
         "RATE_LIMIT_READS": "off",
+        "RATE_LIMIT_WRITES": "off",
         **extra,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -467,7 +468,7 @@ def api_processes(env: dict[str, str], count: int, workdir: Path) -> Iterator[li
             )
             children.append(child)
             url = f"http://127.0.0.1:{port}"
-            child.wait_until(lambda port=port: _answers(port), 30, "serving")
+            child.wait_until(functools.partial(_answers, port), 30, "serving")
             urls.append(url)
         yield urls
     finally:
@@ -518,3 +519,19 @@ async def test_rate_limits_are_shared_by_two_api_processes(
                 other = bearer(token("other-admin", "admin"))
                 async with http.post(f"{first}/artists", json={"name": "B"}, headers=other) as r:
                     assert r.status == 201
+
+
+async def test_idempotency_keys_expire_after_a_day(api_client: Any, pool: asyncpg.Pool) -> None:
+    from api.idempotency import prune
+
+    artist = await new_artist(api_client)
+    headers = bearer(token(artist)) | {"Idempotency-Key": "old"}
+    assert (await api_client.post("/albums", json=album_body(), headers=headers)).status_code == 201
+    headers_new = bearer(token(artist)) | {"Idempotency-Key": "new"}
+    body = album_body("New")
+    assert (await api_client.post("/albums", json=body, headers=headers_new)).status_code == 201
+    await pool.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old'"
+    )
+    assert await prune(pool) == 1
+    assert await pool.fetchval("SELECT array_agg(key) FROM idempotency_keys") == ["new"]

@@ -9,7 +9,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DISCOGRAPH_SERVICES = ("anvil", "migrate", "deploy")
+DISCOGRAPH_SERVICES = ("anvil", "migrate", "deploy", "indexer", "api", "minter")
 
 
 def _services() -> dict[str, Any]:
@@ -50,6 +50,15 @@ def test_compose_runs_two_indexers_and_two_api_replicas() -> None:
     assert services["indexer"]["deploy"]["replicas"] == 2
     assert services["api"]["command"] == ["api"]
     assert services["api"]["deploy"]["replicas"] == 2
+
+
+def test_compose_runs_one_minter_and_keeps_the_key_out_of_the_api() -> None:
+    services = _services()
+    assert services["minter"]["command"] == ["minter"]
+    assert "replicas" not in services["minter"].get("deploy", {})
+    assert "MINTER_PRIVATE_KEY" in services["minter"]["environment"]
+    assert "MINTER_PRIVATE_KEY" not in services["api"]["environment"]
+    assert services["api"]["environment"]["JWT_SECRET"]
 
 
 def test_compose_declares_the_local_stack_services() -> None:
