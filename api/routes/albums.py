@@ -122,6 +122,18 @@ async def _page(
     return AlbumPage(items=items, next_cursor=_cursor_of(rows[-1]) if more else None)
 
 
+async def _album_row(
+    request: Request[Any, Any, Any], album_id: str
+) -> tuple[uuid.UUID, asyncpg.Record]:
+    """The album of a `/albums/{album_id}…` route, or the 400 / 404 that says why not."""
+    params.reject_unknown(request.query_params, ONE_PARAMS)
+    key = params.album_id("album_id", album_id)
+    row = await catalog_reads.album(request.app.state.pool, key)
+    if row is None:
+        raise NotFoundException(detail=f"album {key} not found")
+    return key, row
+
+
 class AlbumController(Controller):
     path = "/albums"
     tags = ["albums"]
@@ -151,13 +163,8 @@ class AlbumController(Controller):
         request: Request[Any, Any, Any],
         album_id: str = UuidParam,
     ) -> Album:
-        params.reject_unknown(request.query_params, ONE_PARAMS)
-        key = params.album_id("album_id", album_id)
-        pool = request.app.state.pool
-        row = await catalog_reads.album(pool, key)
-        if row is None:
-            raise NotFoundException(detail=f"album {key} not found")
-        (album,) = await assemble_albums(pool, [row], request.state.chain_view)
+        _, row = await _album_row(request, album_id)
+        (album,) = await assemble_albums(request.app.state.pool, [row], request.state.chain_view)
         return album
 
 
@@ -194,13 +201,8 @@ class AlbumMetadataController(Controller):
     async def metadata(
         self, request: Request[Any, Any, Any], album_id: str = UuidParam
     ) -> AlbumMetadata:
-        params.reject_unknown(request.query_params, ONE_PARAMS)
-        key = params.album_id("album_id", album_id)
-        pool = request.app.state.pool
-        row = await catalog_reads.album(pool, key)
-        if row is None:
-            raise NotFoundException(detail=f"album {key} not found")
-        tracks = await catalog_reads.tracks_of(pool, [key])
+        key, row = await _album_row(request, album_id)
+        tracks = await catalog_reads.tracks_of(request.app.state.pool, [key])
         extra = msgspec.json.decode(row["metadata"])
         base = request.app.state.settings.public_base_url()
         description = extra.get("description") if isinstance(extra, dict) else None

@@ -34,7 +34,7 @@ from api import params
 from api.album_schemas import Album
 from api.auth import Principal
 from api.idempotency import HEADER as IDEMPOTENCY_HEADER
-from api.idempotency import parse_key, run_once
+from api.idempotency import Work, parse_key, run_once
 from api.routes.albums import assemble_albums
 from api.write_schemas import (
     Artist,
@@ -161,6 +161,25 @@ async def strict(request: Request[Any, Any, Any], data: T) -> T:
         raise _bad(field, message.split(" - at ")[0]) from None
 
 
+async def _once(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    idempotency_key: str | None,
+    body: Any,
+    work: Work,
+) -> Response[bytes]:
+    """`work` in one transaction, at most once per the caller's `Idempotency-Key`."""
+    return await run_once(
+        request.app.state.pool,
+        subject=principal.subject,
+        key=parse_key(idempotency_key),
+        method=request.method,
+        path=request.url.path,
+        body=msgspec.to_builtins(body),
+        work=work,
+    )
+
+
 def _principal(request: Request[Any, Any, Any]) -> Principal:
     user = request.user
     assert isinstance(user, Principal)  # the JWT middleware authenticated the request
@@ -186,19 +205,13 @@ async def _artist_of(
 
 
 async def _create_album(
-    conn: asyncpg.Connection,
-    principal: Principal,
-    *,
-    title: str,
-    tracks: Sequence[NewTrack],
-    metadata: dict[str, Any],
-    artist_id: uuid.UUID | None,
+    conn: asyncpg.Connection, principal: Principal, data: NewAlbum | NewAlbumMint
 ) -> uuid.UUID:
     album = catalog.NewAlbum(
-        artist_id=await _artist_of(conn, principal, artist_id),
-        title=clean_text("title", title),
-        tracks=clean_tracks(tracks),
-        metadata=msgspec.json.decode(clean_metadata(metadata)),
+        artist_id=await _artist_of(conn, principal, data.artist_id),
+        title=clean_text("title", data.title),
+        tracks=clean_tracks(data.tracks),
+        metadata=msgspec.json.decode(clean_metadata(data.metadata)),
     )
     return await catalog.insert_album(conn, album)
 
@@ -317,15 +330,7 @@ class ArtistWriteController(Controller):
             shown = checksum_address(wallet) if wallet is not None else None
             return HTTP_201_CREATED, Artist(id=artist_id, name=name, wallet=shown)
 
-        return await run_once(
-            request.app.state.pool,
-            subject=principal.subject,
-            key=parse_key(idempotency_key),
-            method="POST",
-            path=request.url.path,
-            body=msgspec.to_builtins(data),
-            work=work,
-        )
+        return await _once(request, principal, idempotency_key, data, work)
 
 
 class AlbumWriteController(Controller):
@@ -351,25 +356,10 @@ class AlbumWriteController(Controller):
         data = await strict(request, data)
 
         async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
-            album_id = await _create_album(
-                conn,
-                principal,
-                title=data.title,
-                tracks=data.tracks,
-                metadata=data.metadata,
-                artist_id=data.artist_id,
-            )
+            album_id = await _create_album(conn, principal, data)
             return HTTP_201_CREATED, await _album_view(conn, album_id, request.state.chain_view)
 
-        return await run_once(
-            request.app.state.pool,
-            subject=principal.subject,
-            key=parse_key(idempotency_key),
-            method="POST",
-            path=request.url.path,
-            body=msgspec.to_builtins(data),
-            work=work,
-        )
+        return await _once(request, principal, idempotency_key, data, work)
 
     @post(
         "/{album_id:str}/mint",
@@ -400,15 +390,7 @@ class AlbumWriteController(Controller):
             )
             return HTTP_202_ACCEPTED, accepted
 
-        return await run_once(
-            request.app.state.pool,
-            subject=principal.subject,
-            key=parse_key(idempotency_key),
-            method="POST",
-            path=request.url.path,
-            body=msgspec.to_builtins(options),
-            work=work,
-        )
+        return await _once(request, principal, idempotency_key, options, work)
 
     @post(
         "/mint",
@@ -426,14 +408,7 @@ class AlbumWriteController(Controller):
         data = await strict(request, data)
 
         async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
-            album_id = await _create_album(
-                conn,
-                principal,
-                title=data.title,
-                tracks=data.tracks,
-                metadata=data.metadata,
-                artist_id=data.artist_id,
-            )
+            album_id = await _create_album(conn, principal, data)
             accepted = await _queue_mint(
                 request,
                 conn,
@@ -445,15 +420,7 @@ class AlbumWriteController(Controller):
             )
             return HTTP_202_ACCEPTED, accepted
 
-        return await run_once(
-            request.app.state.pool,
-            subject=principal.subject,
-            key=parse_key(idempotency_key),
-            method="POST",
-            path=request.url.path,
-            body=msgspec.to_builtins(data),
-            work=work,
-        )
+        return await _once(request, principal, idempotency_key, data, work)
 
 
 class MintController(Controller):
