@@ -50,6 +50,10 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
 
     def preexec() -> None:
         # Runs in the child after fork (and after any setuid, which would clear the setting).
+        # A process group of its own: Ctrl-C in a terminal (or `timeout -s INT`) signals the
+        # foreground group, and the parent must stop its services itself, in order (the API
+        # and the indexer before the Postgres they use), not have them all stop at once.
+        os.setpgid(0, 0)
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
