@@ -122,9 +122,13 @@ class Minter:
                 except RpcRevert as error:
                     return revert_reason(error)
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(call)) for call in calls]
-        return [task.result() for task in tasks]
+        # gather, not a TaskGroup: a node error must reach the pass's `except ChainError` as
+        # itself (a TaskGroup wraps it in an ExceptionGroup, which would stop the minter).
+        outcomes = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
 
     async def _submit_batch(self) -> int:
         contract = self.config.contract

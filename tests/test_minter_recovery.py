@@ -273,3 +273,28 @@ async def test_nonce_taken_by_another_sender_fails_the_mint_instead_of_sending_i
     assert await pool.fetchval("SELECT status FROM albums WHERE id = $1", queued.album_id) == (
         "failed"
     )
+
+
+async def test_node_errors_while_estimating_are_retried_not_fatal(
+    anvil: Anvil,
+    rpc: RpcClient,
+    dev_signers: list[Signer],
+    album_contract: str,
+    pool: asyncpg.Pool,
+    database_url: str,
+) -> None:
+    from tests.faults import FaultyRpcServer, rpc_error
+
+    await grant_minter_key(rpc, dev_signers[0], album_contract)
+    await queue_mints(pool, 5)
+    async with FaultyRpcServer(upstream=anvil.rpc_url) as proxy:
+        # Not a revert: the node failing to answer (e.g. "header not found" behind a balancer).
+        proxy.inject_for("eth_estimateGas", *[rpc_error(-32000, "header not found")] * 3)
+        settings = minter_settings(proxy.url, album_contract)
+        async with running_minter(settings, database_url) as task:
+            await wait_until(
+                all_in(pool, ("mined", "confirmed", "finalized"), 5), "5 mined mints", task=task
+            )
+            assert not task.done()
+    assert ("eth_estimateGas", "rpc_error_-32000") in proxy.applied
+    assert (await status_counts(pool)).get("failed", 0) == 0
