@@ -22,7 +22,11 @@ from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api import idempotency
@@ -65,6 +69,22 @@ def _error(
 
 def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     return _error(HTTP_503_SERVICE_UNAVAILABLE, "database unavailable, retry shortly")
+
+
+def _retry(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Postgres picked this request as a deadlock or serialization victim: nothing was written,
+    and the same request will go through when sent again."""
+    return _error(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "conflicting concurrent change, nothing written: retry",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _constraint(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A database check refused a value the validation let through: still the client's input."""
+    name = getattr(exc, "constraint_name", None)
+    return _error(HTTP_400_BAD_REQUEST, "a value is out of range", {"constraint": name})
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -175,6 +195,9 @@ def create_app(
         before_send=[add_read_headers],
         middleware=[prometheus.middleware, ChainVersionMiddleware()],
         exception_handlers={
+            asyncpg.DeadlockDetectedError: _retry,
+            asyncpg.SerializationError: _retry,
+            asyncpg.CheckViolationError: _constraint,
             asyncpg.PostgresConnectionError: _database_down,
             asyncpg.InterfaceError: _database_down,
             OSError: _database_down,

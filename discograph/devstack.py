@@ -132,7 +132,7 @@ async def prepare(settings: Settings, found: Services) -> tuple[str, int, bool]:
                     contract = str(to_checksum_address(address))
                     log.info("reusing album contract from an earlier run", extra={"at": contract})
                     return contract, chain_id, False
-            if known and found.embedded_database:
+            if known and found.embedded_database and found.local_chain:
                 # The dev chain was lost (its state file deleted) but the dev database kept
                 # rows from it: start the dev database over, it only mirrors that chain.
                 log.warning("dev chain was reset: recreating the embedded dev database")

@@ -125,15 +125,18 @@ def _plan_included(
     plan: Plan,
 ) -> None:
     assert mint.block_number is not None
-    receipt = receipts.get(mint.tx_hash)
-    still_there = (
-        receipt is not None
-        and bytes.fromhex(str(receipt["blockHash"])[2:]) == mint.block_hash
-        and canonical.get(mint.block_number) == mint.block_hash
-    )
-    if not still_there:
-        plan.reorged.append(mint)
+    canonical_hash = canonical.get(mint.block_number)
+    if canonical_hash is None:
+        # The node that answered has no block at that height (one lagging behind a balancer,
+        # or a reorg to a shorter chain): no evidence either way, decide on a later pass.
         return
+    receipt = receipts.get(mint.tx_hash)
+    moved = receipt is not None and bytes.fromhex(str(receipt["blockHash"])[2:]) != mint.block_hash
+    if canonical_hash != mint.block_hash or moved:
+        plan.reorged.append(mint)  # another block holds that height, or the tx moved
+        return
+    if receipt is None:
+        return  # the block is ours but this answer lacks the receipt: ask again next pass
     finalized = mint.block_number <= view.finalized
     confirmed = view.head - mint.block_number + 1 >= confirmations
     if mint.status == "mined" and (confirmed or finalized):

@@ -60,6 +60,20 @@ async def _announced(conn: asyncpg.Connection, chain_id: int, sql: str, *args: A
     return rows
 
 
+async def lock_albums(conn: asyncpg.Connection, album_ids: Sequence[uuid.UUID]) -> None:
+    """Lock the albums a transaction will update before it touches any mint row.
+
+    Every writer takes its locks in the same order: albums, then mint rows, then the outbox
+    lock (the API locks the album, inserts the mint, announces it; the indexer updates albums,
+    then announces). The other order deadlocks against an API request queueing a mint of the
+    same album while this transaction fails or finalizes its previous one."""
+    if album_ids:
+        await conn.execute(
+            "SELECT 1 FROM albums WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+            sorted(set(album_ids), key=str),
+        )
+
+
 async def take_queued(conn: asyncpg.Connection, limit: int) -> list[Any]:
     """Lock up to `limit` queued requests, oldest first; others' locked rows are skipped."""
     return list(

@@ -36,6 +36,7 @@ from minter.tracking import OpenMint, blocks_to_check, hashes_to_check, plan_tra
 from minter.transitions import (
     Failure,
     SignedTx,
+    lock_albums,
     open_mints,
     record_advanced,
     record_failures,
@@ -132,10 +133,14 @@ class Minter:
 
     async def _submit_batch(self) -> int:
         contract = self.config.contract
+        # Fees and the node's pending count before the transaction: no node call may run while
+        # it holds the outbox lock (every other outbox writer would wait on the node).
+        market = await self.node.market()
         async with self.conn.transaction():
             rows = await take_queued(self.conn, self.config.batch_size)
             if not rows:
                 return 0
+            await lock_albums(self.conn, [row["album_id"] for row in rows])
             calls = [
                 mint_call(contract, bytes(r["to_address"]), r["album_id"], r["token_uri"])
                 for r in rows
@@ -156,7 +161,6 @@ class Minter:
             )
             signed: list[SignedTx] = []
             if ready:
-                market = await self.node.market()
                 first = await allocate_nonces(
                     self.conn, self.config.chain_id, self.address, len(ready), market.pending_count
                 )
@@ -206,7 +210,10 @@ class Minter:
         failures += await self._nonces_used_elsewhere(plan.nonce_used, view.finalized)
         replacements = await self._replacements(plan.replace)
         chain_id = self.config.chain_id
+        album_of = {mint.id: mint.album_id for mint in mints}
+        touched = [album_of[f.mint_id] for f in failures] + [album_of[m] for m in plan.finalize]
         async with self.conn.transaction():
+            await lock_albums(self.conn, touched)  # albums first: see transitions.lock_albums
             changed = await record_mined(self.conn, chain_id, plan.mined) if plan.mined else []
             if failures:
                 changed += await record_failures(self.conn, chain_id, failures)

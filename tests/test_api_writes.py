@@ -535,3 +535,117 @@ async def test_idempotency_keys_expire_after_a_day(api_client: Any, pool: asyncp
     )
     assert await prune(pool) == 1
     assert await pool.fetchval("SELECT array_agg(key) FROM idempotency_keys") == ["new"]
+
+
+async def _artist_album_and_mint(http: aiohttp.ClientSession) -> tuple[dict[str, str], str, str]:
+    async with http.post(
+        "/artists", json={"name": "N", "wallet": ARTIST_WALLET}, headers=ADMIN
+    ) as r:
+        artist = (await r.json())["id"]
+    auth = bearer(token(artist))
+    async with http.post("/albums", json=album_body(), headers=auth) as r:
+        album = (await r.json())["id"]
+    async with http.post(f"/albums/{album}/mint", headers=auth) as r:
+        assert r.status == 202
+        mint = (await r.json())["mint_id"]
+    return auth, album, mint
+
+
+async def test_a_burst_of_duplicate_mints_is_refused_without_exhausting_the_pool(
+    api_url: str,
+) -> None:
+    """More concurrent duplicates than the pool has connections: each is a quick 409, and the
+    API still answers afterwards (the refusal needs no second connection)."""
+    async with aiohttp.ClientSession(api_url, timeout=aiohttp.ClientTimeout(total=15)) as http:
+        auth, album, mint = await _artist_album_and_mint(http)
+
+        async def duplicate() -> tuple[int, Any]:
+            async with http.post(f"/albums/{album}/mint", headers=auth) as r:
+                return r.status, await r.json()
+
+        answers = await asyncio.gather(*(duplicate() for _ in range(16)))
+        assert [status for status, _ in answers] == [409] * 16
+        assert {body["extra"]["mint_id"] for _, body in answers} == {mint}
+        async with http.get(f"/albums/{album}") as r:
+            assert r.status == 200
+
+
+async def test_a_mint_request_waits_for_the_minter_failing_the_previous_one(
+    api_url: str, database_url: str
+) -> None:
+    """The minter and the API lock in the same order (album, mint rows, outbox): a request to
+    mint again while the minter is failing the album's previous mint waits, then succeeds."""
+    from minter.transitions import Failure, lock_albums, record_failures
+
+    async with aiohttp.ClientSession(api_url, timeout=aiohttp.ClientTimeout(total=15)) as http:
+        auth, album, mint = await _artist_album_and_mint(http)
+        minter = await asyncpg.connect(database_url)
+        try:
+            transaction = minter.transaction()
+            await transaction.start()
+            await lock_albums(minter, [uuid.UUID(album)])
+            await record_failures(minter, 31337, [Failure(uuid.UUID(mint), "queued", "test")])
+            again = asyncio.create_task(http.post(f"/albums/{album}/mint", headers=auth))
+            await asyncio.sleep(0.5)
+            assert not again.done()  # waiting for the album's lock
+            await transaction.commit()
+            response = await again
+            assert response.status == 202, await response.text()
+            assert (await response.json())["mint_id"] != mint
+        finally:
+            await minter.close()
+        async with http.get(f"/albums/{album}") as r:
+            assert (await r.json())["status"] == "minting"
+
+
+async def test_a_re_mint_leaves_a_minted_album_minted(api_client: Any, pool: asyncpg.Pool) -> None:
+    artist = await new_artist(api_client)
+    auth = bearer(token(artist))
+    album = (await api_client.post("/albums", json=album_body(), headers=auth)).json()["id"]
+    assert (await api_client.post(f"/albums/{album}/mint", headers=auth)).status_code == 202
+    await pool.execute("UPDATE albums SET status = 'minted'")
+    await pool.execute("UPDATE mint_requests SET status = 'finalized'")
+    remint = await api_client.post(f"/albums/{album}/mint", json={"remint": True}, headers=ADMIN)
+    assert remint.status_code == 202
+    assert (await api_client.get(f"/albums/{album}")).json()["status"] == "minted"
+
+
+async def test_nfc_growth_and_key_reuse_after_expiry_are_4xx(
+    api_client: Any, pool: asyncpg.Pool
+) -> None:
+    grows = await api_client.post("/artists", json={"name": "\u0958" * 200}, headers=ADMIN)
+    assert grows.status_code == 400
+    assert "name" in grows.text
+    artist = await new_artist(api_client)
+    auth = bearer(token(artist))
+    body = album_body() | {"title": "\ufb2c" * 110}
+    assert (await api_client.post("/albums", json=body, headers=auth)).status_code == 400
+    first = (await api_client.post("/albums", json=album_body(), headers=auth)).json()["id"]
+    second = (await api_client.post("/albums", json=album_body("B"), headers=auth)).json()["id"]
+    keyed = auth | {"Idempotency-Key": "mint-key"}
+    assert (await api_client.post(f"/albums/{first}/mint", headers=keyed)).status_code == 202
+    await pool.execute("DELETE FROM idempotency_keys")  # as a day later
+    reused = await api_client.post(f"/albums/{second}/mint", headers=keyed)
+    assert reused.status_code == 422
+    assert "Idempotency-Key" in reused.text
+
+
+async def test_no_default_token_uri_without_a_reachable_public_url(database_url: str) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+    from discograph.settings import load_settings
+    from tests.conftest import api_env
+
+    settings = load_settings(api_env(database_url, HTTP_HOST="0.0.0.0"), env_file=None)  # noqa: S104
+    async with AsyncTestClient(app=create_app(settings, database_url)) as client:
+        artist = await new_artist(client)
+        auth = bearer(token(artist))
+        album = (await client.post("/albums", json=album_body(), headers=auth)).json()["id"]
+        refused = await client.post(f"/albums/{album}/mint", headers=auth)
+        assert refused.status_code == 422
+        assert "PUBLIC_URL" in refused.text
+        given = await client.post(
+            f"/albums/{album}/mint", json={"token_uri": "ipfs://bafy"}, headers=auth
+        )
+        assert given.status_code == 202

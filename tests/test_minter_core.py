@@ -161,11 +161,25 @@ def test_no_receipt_past_the_deadline_is_replaced_and_a_used_nonce_is_suspect() 
     assert plan.nonce_used == [used]
 
 
-def test_a_mined_mint_whose_block_changed_or_receipt_vanished_goes_back() -> None:
+def test_a_mined_mint_whose_block_changed_goes_back() -> None:
     moved, vanished = _mint("mined"), _mint("confirmed")
     receipts = {moved.tx_hash: _receipt(moved.tx_hash)}
     plan = _plan([moved, vanished], receipts, {100: b"\xcc" * 32})
     assert plan.reorged == [moved, vanished]
+
+
+def test_a_lagging_node_is_no_evidence_of_a_reorg() -> None:
+    """One answer from a node behind the mint's block (failover to a lagging node) must not
+    send a mined mint back: no block at that height, or the block without the receipt."""
+    behind, no_receipt = _mint("mined"), _mint("confirmed", block_number=90)
+    receipts = {behind.tx_hash: _receipt(behind.tx_hash)}
+    plan = _plan([behind, no_receipt], receipts, {100: None, 90: b"\xbb" * 32})
+    assert plan.reorged == []
+    assert (plan.confirm, plan.finalize) == ([], [])
+    # A receipt in another block is a move, even when the old height still has our hash.
+    moved = _mint("mined")
+    elsewhere = {moved.tx_hash: _receipt(moved.tx_hash, block=101, block_hash=b"\xdd" * 32)}
+    assert _plan([moved], elsewhere, {100: b"\xbb" * 32}).reorged == [moved]
 
 
 def test_confirmations_then_finality() -> None:

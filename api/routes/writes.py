@@ -54,6 +54,7 @@ T = TypeVar("T")
 UuidPath = Annotated[str, PathParameter(description="UUID")]
 MAX_METADATA_BYTES = 16 * 1024
 URI_SCHEMES = ("https://", "http://", "ipfs://", "ar://")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 IdempotencyKey = Annotated[
     str | None,
@@ -74,8 +75,9 @@ def _bad(field: str, message: str, status: int = 400) -> HTTPException:
     return HTTPException(status_code=status, detail=f"Invalid {field}: {message}", extra=extra)
 
 
-def clean_text(field: str, value: str) -> str:
-    """NFC-normalised text without control characters or lone surrogates, not blank."""
+def clean_text(field: str, value: str, max_length: int = 200) -> str:
+    """NFC-normalised text without control characters or lone surrogates, not blank, at most
+    `max_length` characters once normalised (NFC can lengthen text: U+FB2C becomes three)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -85,6 +87,8 @@ def clean_text(field: str, value: str) -> str:
     value = unicodedata.normalize("NFC", value)
     if not value.strip():
         raise _bad(field, "must not be blank")
+    if len(value) > max_length:
+        raise _bad(field, f"is longer than {max_length} characters once NFC-normalised")
     return value
 
 
@@ -102,7 +106,7 @@ def clean_isrc(field: str, value: str) -> str:
 
 
 def clean_uri(field: str, value: str) -> str:
-    clean_text(field, value)
+    clean_text(field, value, max_length=2048)
     if not value.startswith(URI_SCHEMES) or any(ch.isspace() for ch in value):
         raise _bad(field, f"must be a URI starting with one of {', '.join(URI_SCHEMES)}")
     if value.endswith("://"):
@@ -252,39 +256,64 @@ async def _queue_mint(
     else:
         raise _bad("to", "is required: the artist has no wallet", 422)
     if token_uri is None:
-        base = request.app.state.settings.public_base_url()
-        token_uri = f"{base}/albums/{album_id}/metadata.json"
+        token_uri = _default_token_uri(request, album_id)
     else:
         token_uri = clean_uri("token_uri", token_uri)
-    try:
-        row = await insert_mint_request(
-            conn,
-            album_id=album_id,
-            requester=principal.subject,
-            to_address=recipient,
-            token_uri=token_uri,
-            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
-            remint=remint,
-        )
-    except asyncpg.UniqueViolationError as exc:
-        live = await request.app.state.pool.fetchval(
+    if not remint:
+        # Under the album's row lock, so this answer cannot race another request's insert.
+        live = await conn.fetchval(
             "SELECT id FROM mint_requests WHERE album_id = $1 AND NOT remint"
             " AND status <> 'failed'",
             album_id,
         )
-        raise HTTPException(
-            status_code=HTTP_409_CONFLICT,
-            detail=f"album {album_id} is already minted or being minted"
-            " (an admin may re-mint with remint: true)",
-            extra={"mint_id": str(live) if live else None, "constraint": exc.constraint_name},
-        ) from None
-    await conn.execute(
-        "UPDATE albums SET status = 'minting', updated_at = now() WHERE id = $1", album_id
+        if live is not None:
+            raise HTTPException(
+                status_code=HTTP_409_CONFLICT,
+                detail=f"album {album_id} is already minted or being minted"
+                " (an admin may re-mint with remint: true)",
+                extra={"mint_id": str(live)},
+            )
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    try:
+        async with conn.transaction():  # a savepoint: a refused insert leaves the rest usable
+            row = await insert_mint_request(
+                conn,
+                album_id=album_id,
+                requester=principal.subject,
+                to_address=recipient,
+                token_uri=token_uri,
+                idempotency_key=key,
+                remint=remint,
+            )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "uq_mint_requests_requester_idempotency_key":
+            # The key outlived its replay window (a day) but still names an earlier mint.
+            raise _bad(
+                IDEMPOTENCY_HEADER, f"{key!r} already named an earlier mint request", 422
+            ) from None
+        raise  # the live-mint check above holds the album lock: not expected
+    await conn.execute(  # a re-mint leaves a minted album minted
+        "UPDATE albums SET status = 'minting', updated_at = now()"
+        " WHERE id = $1 AND status <> 'minted'",
+        album_id,
     )
     view = request.state.chain_view
     if view is not None:
         await announce_mint(conn, int(view["chain_id"]), row)
     return MintAccepted(mint_id=row["id"], status=row["status"], album_id=album_id)
+
+
+def _default_token_uri(request: Request[Any, Any, Any], album_id: uuid.UUID) -> str:
+    """The album's metadata URL on this API, when clients can reach it: a token URI is
+    written on chain for good, so a bind address such as 0.0.0.0 must not end up there."""
+    settings = request.app.state.settings
+    if settings.public_url is None and settings.http_host not in LOOPBACK_HOSTS:
+        raise _bad(
+            "token_uri",
+            "is required: this API has no PUBLIC_URL to build the album's metadata URL from",
+            422,
+        )
+    return f"{settings.public_base_url()}/albums/{album_id}/metadata.json"
 
 
 def _spec(container: type, description: str) -> ResponseSpec:
