@@ -27,3 +27,8 @@ REBROADCASTS = Counter(
     "Recorded mint transactions sent again (after a reorg, a restart or a node that lost them)",
     ["reason"],
 )
+GAPS_FILLED = Counter(
+    "discograph_nonce_gaps_filled_total",
+    "Nonces another sender of the key left empty (its transaction dropped), filled with a "
+    "0-value transfer to self so the mints behind them can be mined",
+)

@@ -117,6 +117,19 @@ async def reconcile(conn: asyncpg.Connection, node: Node, chain_id: int, address
     return ours
 
 
+async def recorded_nonces(
+    conn: asyncpg.Connection, address: bytes, first: int, end: int
+) -> set[int]:
+    """Nonces in [first, end) that hold one of our recorded mint transactions."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT nonce FROM mint_requests WHERE signer = $1 AND nonce >= $2 AND nonce < $3",
+        address,
+        first,
+        end,
+    )
+    return {int(row["nonce"]) for row in rows}
+
+
 async def count_gaps(
     conn: asyncpg.Connection, address: bytes, mined_count: int, next_nonce: int
 ) -> int:

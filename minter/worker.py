@@ -30,7 +30,13 @@ from minter import metrics
 from minter.calls import mint_call, unsigned_tx
 from minter.fees import Fees, bumped_fees, gas_limit
 from minter.node import Node, Sent
-from minter.nonces import allocate_nonces, count_gaps, next_nonce, send_again
+from minter.nonces import (
+    allocate_nonces,
+    count_gaps,
+    next_nonce,
+    recorded_nonces,
+    send_again,
+)
 from minter.reasons import revert_reason
 from minter.tracking import OpenMint, blocks_to_check, hashes_to_check, plan_tracking
 from minter.transitions import (
@@ -48,6 +54,7 @@ from minter.transitions import (
 )
 
 log = logging.getLogger("discograph.minter")
+GAP_FILLER_GAS = 21_000  # a plain value transfer
 
 
 @dataclass(frozen=True)
@@ -305,4 +312,26 @@ class Minter:
         pending = await self.node.pending_count()
         if pending < ours:
             await send_again(self.conn, self.node, self.address, pending, "lost")
+            await self._fill_foreign_gap(pending)
         metrics.NONCE_GAPS.set(await count_gaps(self.conn, self.address, mined_count, ours))
+
+    async def _fill_foreign_gap(self, pending: int) -> None:
+        """The node has nothing at nonce `pending` and we never used it: another sender of the
+        key took it (its transaction made us skip ahead) and that transaction was dropped.
+        Later mints would wait behind the hole for ever, so fill it: a 0-value transfer to
+        ourselves. Only a nonce with no recorded transaction of ours is filled, so a mint is
+        never displaced; if the other transaction comes back first, the filler is refused."""
+        if pending in await recorded_nonces(self.conn, self.address, pending, pending + 1):
+            return  # ours, and just sent again above
+        market = await self.node.market()
+        fees = Fees(market.fees.max_fee * 2, market.fees.priority * 2)
+        filler = {"to": self.signer.address, "data": "0x"}
+        raw, tx_hash = self.signer.sign_transaction(
+            unsigned_tx(self.config.chain_id, filler, pending, GAP_FILLER_GAS, fees)
+        )
+        log.warning(
+            "filling a nonce another sender of the key left empty",
+            extra={"nonce": pending, "tx_hash": tx_hash},
+        )
+        await self.node.broadcast(bytes.fromhex(raw[2:]))
+        metrics.GAPS_FILLED.inc()

@@ -298,3 +298,50 @@ async def test_node_errors_while_estimating_are_retried_not_fatal(
             assert not task.done()
     assert ("eth_estimateGas", "rpc_error_-32000") in proxy.applied
     assert (await status_counts(pool)).get("failed", 0) == 0
+
+
+async def test_a_nonce_another_sender_left_empty_is_filled_so_later_mints_are_mined(
+    anvil: Anvil,
+    rpc: RpcClient,
+    dev_signers: list[Signer],
+    album_contract: str,
+    pool: asyncpg.Pool,
+    database_url: str,
+) -> None:
+    """Someone else sends with the minter's key (a pending transaction, so the minter skips
+    its nonce), then that transaction is dropped: without a filler the mints behind the hole
+    would never be mined."""
+    key_holder = await grant_minter_key(rpc, dev_signers[0], album_contract)
+    await rpc.call("evm_setAutomine", [False])
+    nonce = to_int(await rpc.call("eth_getTransactionCount", [key_holder.address, "pending"]))
+    foreign = {
+        "type": 2,
+        "chainId": anvil.chain_id,
+        "nonce": nonce,
+        "gas": 21_000,
+        "maxFeePerGas": 10 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "value": 1,
+        "data": "0x",
+        "to": dev_signers[2].address,
+    }
+    raw, foreign_hash = key_holder.sign_transaction(foreign)
+    await rpc.call("eth_sendRawTransaction", [raw])
+    await queue_mints(pool, 3)
+    settings = minter_settings(anvil.rpc_url, album_contract, MINT_REPLACE_AFTER="600")
+    async with running_minter(settings, database_url) as task:
+        await wait_until(all_in(pool, ("submitted",), 3), "3 mints sent", task=task)
+        nonces = sorted(r["nonce"] for r in await pool.fetch("SELECT nonce FROM mint_requests"))
+        assert nonces == [nonce + 1, nonce + 2, nonce + 3]  # the foreign one was skipped
+        await rpc.call("anvil_dropTransaction", [foreign_hash])
+        await rpc.call("evm_setAutomine", [True])
+        await rpc.call("evm_mine")
+
+        async def mined() -> bool:
+            await rpc.call("evm_mine")
+            return await all_in(pool, ("mined", "confirmed", "finalized"), 3)()
+
+        await wait_until(mined, "3 mints mined behind the filled nonce", task=task)
+    assert len(await album_minted_logs(rpc, album_contract)) == 3
+    latest = to_int(await rpc.call("eth_getTransactionCount", [key_holder.address, "latest"]))
+    assert latest == nonce + 4  # the filler took the foreign nonce
