@@ -97,6 +97,15 @@ class MintAccepted(msgspec.Struct, frozen=True):
     album_id: uuid.UUID
 
 
+class MintEvent(msgspec.Struct, frozen=True):
+    """One step of a mint request's lifecycle, as announced on the feed."""
+
+    status: MintStatus
+    at: datetime
+    tx_hash: Hash | None
+    block_number: BlockNumber | None
+
+
 class Mint(msgspec.Struct, frozen=True):
     id: uuid.UUID
     album_id: uuid.UUID
@@ -114,6 +123,7 @@ class Mint(msgspec.Struct, frozen=True):
     attempts: int
     created_at: datetime
     updated_at: datetime
+    history: list[MintEvent] = msgspec.field(default_factory=list)
 
 
 class TrackMetadata(msgspec.Struct, frozen=True):

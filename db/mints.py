@@ -88,3 +88,16 @@ def _checksum(raw: bytes) -> str:
 async def announce_mint(conn: asyncpg.Connection, chain_id: int, row: asyncpg.Record) -> None:
     """Append the row's current status to the outbox (inside the caller's transaction)."""
     await append_outbox(conn, chain_id, [mint_status_message(row, chain_id)])
+
+
+async def mint_history(conn: asyncpg.Connection | asyncpg.Pool, mint_id: uuid.UUID) -> list[Any]:
+    """The request's `mint_status` events, oldest first: (status, tx_hash, block_number, at)."""
+    return list(
+        await conn.fetch(
+            "SELECT payload->>'status' AS status, payload->>'tx_hash' AS tx_hash,"
+            " (payload->>'block_number')::bigint AS block_number, created_at AS at"
+            " FROM outbox WHERE kind = 'mint_status' AND payload->>'mint_id' = $1"
+            " ORDER BY seq",
+            str(mint_id),
+        )
+    )

@@ -328,4 +328,11 @@ outbox = Table(
     Column("kind", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     _created_at(),
+    # The lifecycle of one mint request (`GET /mints/{id}`): its `mint_status` events.
+    Index(
+        "ix_outbox_mint_status",
+        text("(payload ->> 'mint_id')"),
+        "seq",
+        postgresql_where=text("kind = 'mint_status'"),
+    ),
 )

@@ -92,6 +92,7 @@ async def test_an_artist_creates_an_album_and_queues_its_mint(api_client: Any) -
     assert queued.json()["status"] == "queued"
     mint = (await api_client.get(f"/mints/{mint_id}", headers=auth)).json()
     assert mint["status"] == "queued"
+    assert mint["history"] == []  # nothing indexed: no chain id to announce `queued` on
     assert mint["to"] == ARTIST_WALLET
     assert mint["token_uri"].endswith(f"/albums/{album['id']}/metadata.json")
     assert (await api_client.get(f"/albums/{album['id']}")).json()["status"] == "minting"

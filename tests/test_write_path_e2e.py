@@ -73,6 +73,12 @@ async def test_hundred_concurrent_mint_requests_through_the_api(
             async with http.get(f"/mints/{answer['mint_id']}", headers=auth) as r:
                 mints.append(await r.json())
         assert {m["status"] for m in mints} == {"finalized"}
+        # The lifecycle as announced: nothing indexed yet when they were queued (no chain id
+        # for the API's `queued` event), then every step of the minter, in order.
+        for mint in mints:
+            steps = [event["status"] for event in mint["history"]]
+            assert steps == ["submitted", "mined", "confirmed", "finalized"], steps
+            assert mint["history"][1]["tx_hash"] == mint["tx_hash"]
         nonces = sorted(m["nonce"] for m in mints)
         assert nonces == list(range(start_nonce, start_nonce + MINTS))
         tokens = {int(m["token_id"]) for m in mints}

@@ -40,6 +40,7 @@ from api.write_schemas import (
     Artist,
     Mint,
     MintAccepted,
+    MintEvent,
     MintOptions,
     NewAlbum,
     NewAlbumMint,
@@ -47,7 +48,7 @@ from api.write_schemas import (
     NewTrack,
 )
 from db import catalog, catalog_reads
-from db.mints import announce_mint, get_mint, insert_mint_request
+from db.mints import announce_mint, get_mint, insert_mint_request, mint_history
 from discograph.encoding import checksum_address
 
 T = TypeVar("T")
@@ -298,8 +299,9 @@ async def _queue_mint(
         album_id,
     )
     view = request.state.chain_view
-    if view is not None:
-        await announce_mint(conn, int(view["chain_id"]), row)
+    chain_id = int(view["chain_id"]) if view is not None else request.app.state.settings.chain_id
+    if chain_id is not None:  # else nothing indexed and no CHAIN_ID: the minter announces later
+        await announce_mint(conn, chain_id, row)
     return MintAccepted(mint_id=row["id"], status=row["status"], album_id=album_id)
 
 
@@ -470,10 +472,11 @@ class MintController(Controller):
             raise NotFoundException(detail=f"mint {key} not found")
         if not principal.is_admin and row["requester"] != principal.subject:
             raise PermissionDeniedException(detail="this mint was requested by someone else")
-        return mint_view(row)
+        history = await mint_history(request.app.state.pool, key)
+        return mint_view(row, history)
 
 
-def mint_view(row: asyncpg.Record) -> Mint:
+def mint_view(row: asyncpg.Record, history: Sequence[asyncpg.Record] = ()) -> Mint:
     def hex0x(value: bytes | None) -> str | None:
         return None if value is None else "0x" + bytes(value).hex()
 
@@ -494,4 +497,5 @@ def mint_view(row: asyncpg.Record) -> Mint:
         attempts=row["attempts"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        history=[MintEvent(e["status"], e["at"], e["tx_hash"], e["block_number"]) for e in history],
     )
