@@ -38,6 +38,24 @@ MINTS = 100
 SENT = ("submitted", "mined", "confirmed", "finalized", "failed")
 
 
+async def send_foreign(rpc: RpcClient, anvil: Anvil, key: Signer, nonce: int, to: str) -> str:
+    """Another sender using the minter's key: a plain transfer with `nonce`; its hash."""
+    tx = {
+        "type": 2,
+        "chainId": anvil.chain_id,
+        "nonce": nonce,
+        "gas": 21_000,
+        "maxFeePerGas": 10 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "value": 1,
+        "data": "0x",
+        "to": to,
+    }
+    raw, tx_hash = key.sign_transaction(tx)
+    await rpc.call("eth_sendRawTransaction", [raw])
+    return tx_hash
+
+
 def start_minter_process(env: dict[str, str], cwd: Path, run: int) -> ChildProcess:
     """`python -m minter.service` as an operator runs it (dies with us, by PDEATHSIG)."""
     return ChildProcess(
@@ -247,19 +265,7 @@ async def test_nonce_taken_by_another_sender_fails_the_mint_instead_of_sending_i
     # While the minter is down, its transaction leaves the pool and someone else uses the key
     # (same nonce), and that becomes final.
     await rpc.call("anvil_dropAllTransactions")
-    foreign = {
-        "type": 2,
-        "chainId": anvil.chain_id,
-        "nonce": nonce,
-        "gas": 21_000,
-        "maxFeePerGas": 10 * 10**9,
-        "maxPriorityFeePerGas": 10**9,
-        "value": 1,
-        "data": "0x",
-        "to": dev_signers[2].address,
-    }
-    raw, _ = key_holder.sign_transaction(foreign)
-    await rpc.call("eth_sendRawTransaction", [raw])
+    await send_foreign(rpc, anvil, key_holder, nonce, dev_signers[2].address)
     await rpc.call("evm_mine")
     await mine_until_final(rpc)
 
@@ -314,19 +320,7 @@ async def test_a_nonce_another_sender_left_empty_is_filled_so_later_mints_are_mi
     key_holder = await grant_minter_key(rpc, dev_signers[0], album_contract)
     await rpc.call("evm_setAutomine", [False])
     nonce = to_int(await rpc.call("eth_getTransactionCount", [key_holder.address, "pending"]))
-    foreign = {
-        "type": 2,
-        "chainId": anvil.chain_id,
-        "nonce": nonce,
-        "gas": 21_000,
-        "maxFeePerGas": 10 * 10**9,
-        "maxPriorityFeePerGas": 10**9,
-        "value": 1,
-        "data": "0x",
-        "to": dev_signers[2].address,
-    }
-    raw, foreign_hash = key_holder.sign_transaction(foreign)
-    await rpc.call("eth_sendRawTransaction", [raw])
+    foreign_hash = await send_foreign(rpc, anvil, key_holder, nonce, dev_signers[2].address)
     await queue_mints(pool, 3)
     settings = minter_settings(anvil.rpc_url, album_contract, MINT_REPLACE_AFTER="600")
     async with running_minter(settings, database_url) as task:
