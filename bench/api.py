@@ -61,7 +61,6 @@ from bench.backfill import (
     run_discograph,
     server_facts,
 )
-from bench.ceiling import die_with_parent
 from chain.rpc import RpcClient
 from db import chain_reads
 from discograph.embedded import start_postgres, start_valkey
@@ -70,6 +69,7 @@ from discograph.localchain import ANVIL_CHAIN_ID, Anvil, start_anvil
 from discograph.processes import (
     ChildProcess,
     ServiceStartError,
+    die_with_parent,
     exit_cleanly_on_sigterm,
     free_port,
 )
@@ -171,13 +171,12 @@ def uvicorn_main() -> None:
     import uvicorn
     from uvicorn.config import Config
 
+    from discograph.apiserver import tcp_socket
+
     bind_socket = Config.bind_socket
 
     def bind_tcp_socket(self: Config) -> socket.socket:
-        sock = bind_socket(self)
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-        return sock
+        return tcp_socket(bind_socket(self))
 
     Config.bind_socket = bind_tcp_socket  # type: ignore[method-assign]
     uvicorn.main()

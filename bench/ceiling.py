@@ -10,9 +10,7 @@ Redis can do at best for a cached read. `GET /ready` answers without touching Re
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,15 +18,7 @@ from litestar import Litestar, MediaType, Response, get
 from litestar.exceptions import NotFoundException
 from redis.asyncio import Redis
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In a uvicorn worker: be sent SIGTERM when the supervisor dies (even by SIGKILL)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+from discograph.processes import die_with_parent
 
 
 def create_ceiling_app(redis_url: str, prefix: str) -> Litestar:

@@ -126,8 +126,15 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
             await pool.close()
 
         asyncio.run(reachable())
+        where = f"http://{settings.http_host}:{settings.http_port}"
+        if args.workers > 1:
+            from discograph.apiserver import serve_workers
+
+            print(f"API on {where} (OpenAPI at /schema), {args.workers} worker processes")
+            serve_workers(settings, dsn, args.workers, args.env_file)
+            return 0
         app = create_app(settings, dsn)
-        print(f"API on http://{settings.http_host}:{settings.http_port} (OpenAPI at /schema)")
+        print(f"API on {where} (OpenAPI at /schema)")
         uvicorn.run(
             app,
             host=settings.http_host,
@@ -168,6 +175,16 @@ def cmd_minter(settings: Settings, args: argparse.Namespace) -> int:
 
     with _database(settings) as dsn:
         return asyncio.run(run_minter(settings, dsn, metrics_port=settings.metrics_port or None))
+
+
+def _workers(value: str) -> int:
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of processes") from None
+    if not 1 <= workers <= 64:
+        raise argparse.ArgumentTypeError("expected 1 to 64 worker processes")
+    return workers
 
 
 def _positive_seconds(value: str) -> float:
@@ -257,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.set_defaults(handler=cmd_index)
 
     api = commands.add_parser("api", help="serve the API (HTTP_HOST:HTTP_PORT)")
+    api.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes sharing the port (default 1; one per core to use them all)",
+    )
     api.set_defaults(handler=cmd_api)
 
     minter = commands.add_parser(

@@ -138,6 +138,15 @@ class ChildProcess:
         log.debug("stopped %s", self.name)
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a worker process someone else started (uvicorn's): be sent `sig` when the parent
+    dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 

@@ -199,3 +199,76 @@ async def test_token_prints_a_jwt_the_api_accepts(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "JWT_SECRET" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+async def test_api_workers_share_the_port_and_sum_their_metrics(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`discograph api --workers 2`: two processes answer on one port; /metrics (multi-process
+    mode) counts the requests of both; SIGTERM stops them all."""
+    import httpx
+
+    from discograph.processes import ChildProcess, free_port
+    from tests.conftest import api_env
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env |= api_env(database_url, HTTP_PORT=str(port), LOG_LEVEL="WARNING")
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    argv = [sys.executable, "-m", "discograph.cli", "--env-file", "/dev/null"]
+    argv += ["api", "--workers", "2"]
+    server = ChildProcess("api", argv, log_path=tmp_path / "api.log", env=env, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, str]:
+        # A new connection each time: uvicorn's workers take turns accepting them.
+        response = httpx.get(base + path, headers={"Connection": "close"}, timeout=5)
+        return response.status_code, response.text
+
+    def answers() -> bool:
+        try:
+            return get("/health/live")[0] == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        await asyncio.to_thread(server.wait_until, answers, 60, "serving")
+        workers = await asyncio.to_thread(_children_named, server.pid, "spawn_main")
+        assert len(workers) == 2, workers
+        for _ in range(20):
+            status, _ = await asyncio.to_thread(get, "/status")
+            assert status == 200
+        _, metrics = await asyncio.to_thread(get, "/metrics")
+        served = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("discograph_requests_total{") and 'path="/status"' in line
+        )
+        assert served == 20, metrics[:2000]
+    finally:
+        server.stop()
+    assert server.popen.returncode == 0, server.log_tail()
+    assert not [pid for pid in workers if _alive(pid)]
+
+
+def _children_named(pid: int, marker: str) -> list[int]:
+    found = []
+    for child in Path("/proc").iterdir():
+        if not child.name.isdigit():
+            continue
+        try:
+            stat = (child / "stat").read_text().split()
+            cmdline = (child / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat[3]) == pid and marker in cmdline:
+            found.append(int(child.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
