@@ -129,9 +129,10 @@ def _write_controllers(
         components: list[Components] = []
         security = None
     else:
+        guard = [auth.middleware]
         writes_rate = settings.rate_limit("writes")
-        limit = Limiter(storage, writes_rate, f"{namespace}:writes") if writes_rate else None
-        guard = [auth.middleware, SubjectRateLimit(limit)]
+        if writes_rate:
+            guard.append(SubjectRateLimit(Limiter(storage, writes_rate, f"{namespace}:writes")))
         components = [auth.openapi_components]
         security = [auth.security_requirement]
     guarded = [
@@ -182,13 +183,12 @@ def create_app(
     prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)
     storage = limit_storage(settings.redis_url)
     reads_rate = settings.rate_limit("reads")
-    read_limit = Limiter(storage, reads_rate, f"{cache_namespace}:reads") if reads_rate else None
+    read_limit = []  # no middleware at all when off: nothing on the hot read path
+    if reads_rate:
+        limiter = Limiter(storage, reads_rate, f"{cache_namespace}:reads")
+        read_limit.append(AnonymousReadRateLimit(limiter))
     write_controllers, openapi_components = _write_controllers(settings, storage, cache_namespace)
-    api = Router(
-        path="/",
-        route_handlers=READ_ROUTERS + write_controllers,
-        middleware=[AnonymousReadRateLimit(read_limit)],
-    )
+    api = Router(path="/", route_handlers=READ_ROUTERS + write_controllers, middleware=read_limit)
     return Litestar(
         route_handlers=[api, health.HealthController, PrometheusController],
         lifespan=[lifespan],

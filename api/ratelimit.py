@@ -15,6 +15,7 @@ import math
 import time
 from typing import Any
 
+import msgspec
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -24,6 +25,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("discograph.api")
+READS = ("GET", "HEAD")
 
 
 class Limiter:
@@ -87,13 +89,9 @@ def _with_headers(send: Send, headers: dict[str, str]) -> Send:
 
 
 async def _refuse(send: Send, headers: dict[str, str], who: str) -> None:
-    body = (
-        b'{"status_code":429,"detail":"rate limit exceeded for this '
-        + who.encode()
-        + b", retry after "
-        + headers.get("Retry-After", "1").encode()
-        + b' s"}'
-    )
+    retry = headers.get("Retry-After", "1")
+    detail = f"rate limit exceeded for this {who}, retry after {retry} s"
+    body = msgspec.json.encode({"status_code": 429, "detail": detail})
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     start: Any = {"type": "http.response.start", "status": 429, "headers": raw}
@@ -101,46 +99,50 @@ async def _refuse(send: Send, headers: dict[str, str], who: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class SubjectRateLimit(ASGIMiddleware):
+class _RateLimit(ASGIMiddleware):
+    """Counts a hit for the request's identity (if it has one) and refuses it over the limit;
+    installed only where a limit is configured."""
+
+    scopes = (ScopeType.HTTP,)
+    who = "client"
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    def identity(self, scope: Scope) -> str | None:
+        """What the request counts against, or None when it is not counted here."""
+        raise NotImplementedError
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        identity = self.identity(scope)
+        if identity is None:
+            await next_app(scope, receive, send)
+            return
+        allowed, headers = await self.limiter.check(identity)
+        if not allowed:
+            await _refuse(send, headers, self.who)
+            return
+        await next_app(scope, receive, _with_headers(send, headers))
+
+
+class SubjectRateLimit(_RateLimit):
     """Per token subject, for writes; sits after authentication on the write controllers.
     Their GETs (a client polling `GET /mints/{id}`) count as reads, per client IP."""
 
-    scopes = (ScopeType.HTTP,)
+    who = "subject"
 
-    def __init__(self, limiter: Limiter | None) -> None:
-        self.limiter = limiter
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if self.limiter is None or scope.get("method") in ("GET", "HEAD"):
-            await next_app(scope, receive, send)
-            return
+    def identity(self, scope: Scope) -> str | None:
+        if scope.get("method") in READS:
+            return None
         user: Any = scope.get("user")
-        identity = f"sub:{user.subject}" if user is not None else f"ip:{_client_ip(scope)}"
-        allowed, headers = await self.limiter.check(identity)
-        if not allowed:
-            await _refuse(send, headers, "subject")
-            return
-        await next_app(scope, receive, _with_headers(send, headers))
+        return f"sub:{user.subject}" if user is not None else f"ip:{_client_ip(scope)}"
 
 
-class AnonymousReadRateLimit(ASGIMiddleware):
+class AnonymousReadRateLimit(_RateLimit):
     """Per client IP, on every GET of the API routes (a token does not lift it: the read
     routes do not check tokens, so a header cannot buy a way around it)."""
 
-    scopes = (ScopeType.HTTP,)
-    should_bypass_for_scope = staticmethod(
-        lambda scope: scope["path"].startswith(("/health", "/metrics", "/schema"))
-    )
+    who = "client address"
 
-    def __init__(self, limiter: Limiter | None) -> None:
-        self.limiter = limiter
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if self.limiter is None or scope.get("method") not in ("GET", "HEAD"):
-            await next_app(scope, receive, send)
-            return
-        allowed, headers = await self.limiter.check(f"ip:{_client_ip(scope)}")
-        if not allowed:
-            await _refuse(send, headers, "client address")
-            return
-        await next_app(scope, receive, _with_headers(send, headers))
+    def identity(self, scope: Scope) -> str | None:
+        return f"ip:{_client_ip(scope)}" if scope.get("method") in READS else None
