@@ -10,15 +10,13 @@ import asyncpg
 
 from db.locks import MINT_QUEUED_CHANNEL
 from db.outbox import append_outbox
-from discograph.encoding import checksum_address
+from discograph.encoding import checksum_address, hex0x_or_none
 
 MINT_COLUMNS = (
     "id, album_id, requester, to_address, token_uri, idempotency_key, status, remint,"
     " contract, signer, nonce, tx_hash, block_number, block_hash, token_id, error, attempts,"
     " submitted_at, created_at, updated_at"
 )
-# Terminal states: the minter never touches these again.
-FINAL_STATUSES = ("finalized", "failed")
 
 
 async def insert_mint_request(
@@ -59,10 +57,6 @@ async def get_mint(conn: asyncpg.Connection | asyncpg.Pool, mint_id: uuid.UUID) 
 
 def mint_status_message(row: asyncpg.Record, chain_id: int) -> dict[str, Any]:
     """The feed's `mint_status` event of a mint request row (its current status)."""
-
-    def hex0x(value: bytes | None) -> str | None:
-        return None if value is None else "0x" + bytes(value).hex()
-
     return {
         "type": "mint_status",
         "chain_id": chain_id,
@@ -70,19 +64,15 @@ def mint_status_message(row: asyncpg.Record, chain_id: int) -> dict[str, Any]:
         "album_id": str(row["album_id"]),
         "status": row["status"],
         "requester": row["requester"],
-        "to": _checksum(row["to_address"]),
-        "contract": _checksum(row["contract"]) if row["contract"] is not None else None,
+        "to": checksum_address(row["to_address"]),
+        "contract": checksum_address(row["contract"]) if row["contract"] is not None else None,
         "nonce": row["nonce"],
-        "tx_hash": hex0x(row["tx_hash"]),
+        "tx_hash": hex0x_or_none(row["tx_hash"]),
         "block_number": row["block_number"],
-        "block_hash": hex0x(row["block_hash"]),
+        "block_hash": hex0x_or_none(row["block_hash"]),
         "token_id": str(row["token_id"]) if row["token_id"] is not None else None,
         "error": row["error"],
     }
-
-
-def _checksum(raw: bytes) -> str:
-    return checksum_address(bytes(raw))
 
 
 async def announce_mint(conn: asyncpg.Connection, chain_id: int, row: asyncpg.Record) -> None:

@@ -35,6 +35,11 @@ def hex0x(raw: bytes) -> str:
     return "0x" + raw.hex()
 
 
+def hex0x_or_none(raw: bytes | None) -> str | None:
+    """`hex0x` of a nullable column."""
+    return None if raw is None else "0x" + raw.hex()
+
+
 def parse_address(value: str) -> bytes:
     """A 20-byte address from hex text: any single case, or mixed case with a valid EIP-55
     checksum. Raises ValueError saying what is wrong."""

@@ -25,7 +25,7 @@ import asyncpg
 
 from chain.errors import RpcRevert
 from chain.signer import Signer
-from discograph.encoding import parse_address
+from discograph.encoding import hex0x_or_none, parse_address
 from minter import metrics
 from minter.calls import mint_call, unsigned_tx
 from minter.fees import Fees, bumped_fees, gas_limit
@@ -78,7 +78,7 @@ def report(rows: Sequence[Any]) -> None:
                 "mint_id": str(row["id"]),
                 "previous": row["previous"],
                 "nonce": row["nonce"],
-                "tx_hash": None if row["tx_hash"] is None else "0x" + bytes(row["tx_hash"]).hex(),
+                "tx_hash": hex0x_or_none(row["tx_hash"]),
                 "block": row["block_number"],
                 "token_id": row["token_id"],
                 "error": row["error"],

@@ -49,7 +49,7 @@ from api.write_schemas import (
 )
 from db import catalog, catalog_reads
 from db.mints import announce_mint, get_mint, insert_mint_request, mint_history
-from discograph.encoding import checksum_address
+from discograph.encoding import checksum_address, hex0x_or_none
 
 T = TypeVar("T")
 UuidPath = Annotated[str, PathParameter(description="UUID")]
@@ -477,21 +477,18 @@ class MintController(Controller):
 
 
 def mint_view(row: asyncpg.Record, history: Sequence[asyncpg.Record] = ()) -> Mint:
-    def hex0x(value: bytes | None) -> str | None:
-        return None if value is None else "0x" + bytes(value).hex()
-
     return Mint(
         id=row["id"],
         album_id=row["album_id"],
         status=row["status"],
-        to=checksum_address(bytes(row["to_address"])),
+        to=checksum_address(row["to_address"]),
         token_uri=row["token_uri"],
         remint=row["remint"],
-        contract=checksum_address(bytes(row["contract"])) if row["contract"] else None,
+        contract=checksum_address(row["contract"]) if row["contract"] is not None else None,
         nonce=row["nonce"],
-        tx_hash=hex0x(row["tx_hash"]),
+        tx_hash=hex0x_or_none(row["tx_hash"]),
         block_number=row["block_number"],
-        block_hash=hex0x(row["block_hash"]),
+        block_hash=hex0x_or_none(row["block_hash"]),
         token_id=str(row["token_id"]) if row["token_id"] is not None else None,
         error=row["error"],
         attempts=row["attempts"],
