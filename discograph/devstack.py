@@ -90,8 +90,9 @@ def dev_settings(settings: Settings, found: Services) -> Settings:
         changes["jwt_secret"] = dev_jwt_secret(Path(settings.data_dir))
     if settings.minter_key() is None and found.local_chain:
         changes["minter_private_key"] = Secret(ANVIL_DEV_KEYS[0])
-    if found.local_chain:
+    if found.local_chain:  # the indexer follows it by websocket heads, 1 confirmation
         changes["confirmations"] = 1
+        changes["rpc_ws_url"] = found.rpc_url.replace("http://", "ws://", 1)
     return settings.with_values(**changes)
 
 
@@ -112,14 +113,10 @@ async def prepare(settings: Settings, found: Services) -> tuple[str, int, bool]:
     """
     await ensure_database(found.database_url)
     await migrate(found.database_url)
-    key = settings.minter_key()
+    key = settings.minter_key()  # `dev_settings` gave a local chain anvil's first dev key
     if key is None:
-        if not found.local_chain:
-            raise ConfigError("MINTER_PRIVATE_KEY or MINTER_KEY_FILE is needed with RPC_URL")
-        key_text = ANVIL_DEV_KEYS[0]
-    else:
-        key_text = key.reveal()
-    minter = Signer(key_text)
+        raise ConfigError("MINTER_PRIVATE_KEY or MINTER_KEY_FILE is needed with RPC_URL")
+    minter = Signer(key.reveal())
     async with RpcClient(found.rpc_url) as rpc:
         chain_id = to_int(await rpc.call("eth_chainId"))
         pool = await create_pool(found.database_url, max_size=4)
@@ -158,18 +155,6 @@ def describe(found: Services, contract: str, chain_id: int) -> str:
         f"  AlbumNFT   {contract}",
     ]
     return "\n".join(lines)
-
-
-def indexer_settings(settings: Settings, found: Services) -> Settings:
-    """The dev stack's indexer follows the chain it started (websocket heads, 1 confirmation)."""
-    if not found.local_chain:
-        return settings.with_values(rpc_url=(found.rpc_url,), database_url=found.database_url)
-    return settings.with_values(
-        rpc_url=(found.rpc_url,),
-        rpc_ws_url=found.rpc_url.replace("http://", "ws://", 1),
-        database_url=found.database_url,
-        confirmations=1,
-    )
 
 
 async def _wait_indexed(dsn: str, block: int, indexer: asyncio.Task[int]) -> None:
@@ -284,9 +269,7 @@ async def _run_stack(settings: Settings, found: Services) -> None:
     print(describe(found, contract, chain_id), flush=True)
     async with RpcClient(found.rpc_url) as rpc:
         head = to_int(await rpc.call("eth_blockNumber"))
-    tasks = [
-        asyncio.create_task(run_indexer(indexer_settings(settings, found), found.database_url))
-    ]
+    tasks = [asyncio.create_task(run_indexer(settings, found.database_url))]
     try:
         await _wait_indexed(found.database_url, head, tasks[0])
         async with _serve_api(settings, found) as api_url:
