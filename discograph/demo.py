@@ -43,9 +43,8 @@ async def seed_demo(
     `wallets` are funded dev accounts: one per artist, then a fan.
     """
     artifact = load_artifact(ARTIFACT_NAME)
-    mint_fn, transfer_fn = artifact.function("mintAlbum"), artifact.function("transferFrom")
+    mint_fn = artifact.function("mintAlbum")
     minted_topic = event_topic(artifact.event("AlbumMinted"))
-    fan = wallets[len(DEMO_CATALOG)]
     mints: list[tuple[uuid.UUID, Signer]] = []
     async with pool.acquire() as conn:
         for index, (artist_name, albums) in enumerate(DEMO_CATALOG):
@@ -86,29 +85,8 @@ async def seed_demo(
             # The indexer marks it `minted` when it sees AlbumMinted.
             await set_album_status(conn, album_id, "minting")
 
-    # Two artists sell their first album to the fan; then the fan passes one on.
-    first, second = mints[0], mints[2]
-    for album_id, seller in (first, second):
-        await send_many(
-            rpc,
-            seller,
-            [(contract, encode_call(transfer_fn, seller.address, fan.address, token_of[album_id]))],
-        )
-    await send_many(
-        rpc,
-        fan,
-        [
-            (
-                contract,
-                encode_call(
-                    transfer_fn,
-                    fan.address,
-                    wallets[len(DEMO_CATALOG) - 1].address,
-                    token_of[first[0]],
-                ),
-            )
-        ],
-    )
+    sellers = [(token_of[album_id], wallet) for album_id, wallet in mints]
+    await demo_trades(rpc, contract, sellers, wallets)
 
 
 class DemoError(RuntimeError):
@@ -135,7 +113,6 @@ async def seed_demo_through_api(
     import aiohttp
 
     headers = {"Authorization": f"Bearer {admin_token}"}
-    fan = wallets[len(DEMO_CATALOG)]
     mints: list[tuple[str, Signer]] = []
     async with aiohttp.ClientSession(base_url) as http:
 
@@ -180,13 +157,21 @@ async def seed_demo_through_api(
                 raise DemoError(f"demo mints not mined within {timeout:.0f}s")
             await asyncio.sleep(0.2)
 
-    # Two artists sell their first album to the fan; then the fan passes one on.
+    await demo_trades(rpc, contract, [(token_of[m], seller) for m, seller in mints], wallets)
+    return len(mints)
+
+
+async def demo_trades(
+    rpc: RpcClient, contract: str, minted: list[tuple[int, Signer]], wallets: list[Signer]
+) -> None:
+    """Two artists sell their first album to the fan; then the fan passes one on.
+
+    `minted`: (token id, owner) of each demo album in catalog order."""
     transfer_fn = load_artifact(ARTIFACT_NAME).function("transferFrom")
-    first, second = mints[0], mints[2]
-    for mint_id, seller in (first, second):
-        call = encode_call(transfer_fn, seller.address, fan.address, token_of[mint_id])
+    fan = wallets[len(DEMO_CATALOG)]
+    first, second = minted[0], minted[2]
+    for token, seller in (first, second):
+        call = encode_call(transfer_fn, seller.address, fan.address, token)
         await send_many(rpc, seller, [(contract, call)])
     onward = wallets[len(DEMO_CATALOG) - 1].address
-    call = encode_call(transfer_fn, fan.address, onward, token_of[first[0]])
-    await send_many(rpc, fan, [(contract, call)])
-    return len(mints)
+    await send_many(rpc, fan, [(contract, encode_call(transfer_fn, fan.address, onward, first[0]))])
