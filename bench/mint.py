@@ -297,10 +297,6 @@ def report(runs: list[Run], facts: str, args: argparse.Namespace) -> None:
         print(f"  {r.mode}: mean request→mined {mean:.0f} ms over {len(r.latencies_ms)} mints")
 
 
-async def _facts(server_dsn: str) -> str:
-    return await server_facts(server_dsn)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.mint", description=__doc__.split("\n")[0]
@@ -334,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             print(f"mode {mode}: {args.mints} mints …", flush=True)
             runs.append(asyncio.run(run_mode(mode, args, workdir, server_dsn, redis_url)))
-        report(runs, asyncio.run(_facts(server_dsn)), args)
+        report(runs, asyncio.run(server_facts(server_dsn)), args)
     return 1 if any(r.errors for r in runs) else 0
 
 
