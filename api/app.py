@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.response_cache import ResponseCacheConfig
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
@@ -32,6 +33,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from api import idempotency
 from api.auth import jwt_auth
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
+from api.feed.service import Feed, events
 from api.freshness import CheckpointConnection, CheckpointReads, IndexedBlock
 from api.middleware import ChainVersionMiddleware
 from api.ratelimit import AnonymousReadRateLimit, Limiter, SubjectRateLimit, limit_storage
@@ -170,9 +172,11 @@ def create_app(
         app.state.indexed = IndexedBlock(database_url)
         await app.state.indexed.start()
         pruning = asyncio.create_task(_prune_idempotency_keys(app.state.pool))
+        await feed.start(app.state.pool)
         try:
             yield
         finally:
+            await feed.stop()
             pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruning
@@ -180,6 +184,7 @@ def create_app(
             await checkpoint_conn.close()
             await app.state.pool.close()
 
+    feed = Feed(settings, database_url, settings.redis_url)
     prometheus = PrometheusConfig(app_name="discograph", prefix="discograph", group_path=True)
     storage = limit_storage(settings.redis_url)
     reads_rate = settings.rate_limit("reads")
@@ -190,8 +195,9 @@ def create_app(
     write_controllers, openapi_components = _write_controllers(settings, storage, cache_namespace)
     api = Router(path="/", route_handlers=READ_ROUTERS + write_controllers, middleware=read_limit)
     return Litestar(
-        route_handlers=[api, health.HealthController, PrometheusController],
+        route_handlers=[api, health.HealthController, PrometheusController, events],
         lifespan=[lifespan],
+        state=State({"feed": feed}),
         before_send=[add_read_headers],
         middleware=[prometheus.middleware, ChainVersionMiddleware()],
         exception_handlers={

@@ -147,3 +147,41 @@ def issue_token(
     else:
         key = private_key
     return jwt.encode(claims, key, algorithm=settings.jwt_algorithm)
+
+
+class TokenRefused(Exception):
+    """A token the feed does not accept: `forbidden` when it is valid but grants no role."""
+
+    def __init__(self, reason: str, *, forbidden: bool = False) -> None:
+        super().__init__(reason)
+        self.forbidden = forbidden
+
+
+def token_verifier(settings: Settings) -> Any:
+    """Check a bearer token outside the HTTP middleware (the websocket feed), with exactly the
+    write routes' rules; returns `verify(token) -> Principal`, raising TokenRefused."""
+    from litestar.exceptions import NotAuthorizedException
+
+    auth = jwt_auth(settings)
+
+    def verify(encoded: str) -> Principal:
+        try:
+            token = auth.token_cls.decode(
+                encoded_token=encoded,
+                secret=auth.token_secret,
+                algorithm=auth.algorithm,
+                audience=auth.accepted_audiences,
+                issuer=auth.accepted_issuers,
+                require_claims=auth.require_claims,
+                verify_exp=auth.verify_expiry,
+                verify_nbf=auth.verify_not_before,
+                strict_audience=auth.strict_audience,
+            )
+        except (NotAuthorizedException, ImproperlyConfiguredException) as exc:
+            raise TokenRefused(f"invalid token: {str(exc.detail)[:60]}") from None
+        principal = _principal(token)
+        if principal is None:
+            raise TokenRefused("the token grants no known role", forbidden=True)
+        return principal
+
+    return verify

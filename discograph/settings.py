@@ -26,7 +26,10 @@ JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 _RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
 # Variables whose value is a comma-separated list.
-_LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS"})
+_LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS", "WS_ALLOWED_ORIGINS"})
+# A duration: seconds, or a number with a unit (s, m, h, d): "604800", "7d", "12h".
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class Secret:
@@ -108,6 +111,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     http_port: Port = 8000
     metrics_port: Port = 9100
     data_dir: str = ".discograph"
+    outbox_retention: str = "7d"
+    ws_allowed_origins: tuple[str, ...] = ()
+    ws_max_per_ip: Positive = 100
+    ws_queue_size: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4096
+    ws_heartbeat: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 20.0
+    ws_idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 120.0
+    ws_max_message: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 4096
+    ws_auth_wait: Annotated[float, msgspec.Meta(ge=0, le=30)] = 0.5
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -146,6 +157,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             raise ConfigError("PUBLIC_URL must be an http(s):// URL")
         if self.minter_private_key is not None and self.minter_key_file is not None:
             raise ConfigError("set MINTER_PRIVATE_KEY or MINTER_KEY_FILE, not both")
+        if not _DURATION_RE.match(self.outbox_retention):
+            raise ConfigError("OUTBOX_RETENTION must be seconds or a number with s/m/h/d (7d)")
+        for origin in self.ws_allowed_origins:
+            if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+                raise ConfigError(
+                    "WS_ALLOWED_ORIGINS: each entry is * or a scheme://host[:port] origin"
+                )
 
     def __repr__(self) -> str:
         shown = []
@@ -171,6 +189,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         if not _PRIVATE_KEY_RE.match(text):
             raise ConfigError("MINTER_KEY_FILE must hold 32 bytes of hex")
         return Secret(text)
+
+    def outbox_retention_seconds(self) -> float:
+        """`OUTBOX_RETENTION` in seconds."""
+        match = _DURATION_RE.match(self.outbox_retention)
+        assert match is not None  # checked in __post_init__
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
     def rate_limit(self, kind: str) -> str | None:
         """`RATE_LIMIT_WRITES` / `RATE_LIMIT_READS` as a `limits` string; None when off."""

@@ -66,15 +66,18 @@ async def write_state(conn: asyncpg.Connection, batch: Batch, prune_below: int) 
     """The ordered part: checkpoint first (its row lock orders batches: a batch can only
     commit right after the one before it), then owners, album links, window and outbox.
     Returns the number of outbox rows appended."""
-    await _advance_checkpoint(conn, batch)
+    previous_finalized = await _advance_checkpoint(conn, batch)
     if batch.transfers:
         await _upsert_owners(conn, batch.chain_id, batch.transfers)
     if batch.token_events:
         await _apply_token_events(conn, batch.chain_id, batch.token_events)
     await _store_window(conn, batch, prune_below)
+    announced = 0
     if batch.announce and batch.events:
-        return await _announce(conn, batch)
-    return 0
+        announced = await _announce(conn, batch)
+    if batch.announce:
+        announced += await _announce_finality(conn, batch, previous_finalized)
+    return announced
 
 
 _OWNER_STAGE_COLUMNS = [
@@ -220,11 +223,12 @@ async def _store_window(conn: asyncpg.Connection, batch: Batch, prune_below: int
     )
 
 
-async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
+async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> int | None:
     """Move the checkpoint from `first - 1` to the batch's last block, or fail: a batch never
-    lands on top of a gap (exactly once, in order)."""
-    moved = await conn.fetchval(
+    lands on top of a gap (exactly once, in order). Returns the finalized block it held."""
+    moved = await conn.fetchrow(
         """
+        WITH previous AS (SELECT finalized_block FROM checkpoints WHERE chain_id = $1)
         INSERT INTO checkpoints AS c (chain_id, block_number, block_hash, head_block,
                                       safe_block, finalized_block, block_timestamp, updated_at)
         VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), now())
@@ -234,7 +238,7 @@ async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
             finalized_block = EXCLUDED.finalized_block,
             block_timestamp = EXCLUDED.block_timestamp, updated_at = now()
         WHERE c.block_number = $8
-        RETURNING c.rollbacks
+        RETURNING c.rollbacks, (SELECT finalized_block FROM previous) AS previous_finalized
         """,
         batch.chain_id,
         batch.last.number,
@@ -250,8 +254,10 @@ async def _advance_checkpoint(conn: asyncpg.Connection, batch: Batch) -> None:
     await conn.execute(
         "SELECT pg_notify($1, $2)",
         CHECKPOINT_CHANNEL,
-        f"{batch.chain_id}:{batch.last.number}:0x{batch.last.hash.hex()}:{moved}",
+        f"{batch.chain_id}:{batch.last.number}:0x{batch.last.hash.hex()}:{moved['rollbacks']}",
     )
+    previous: int | None = moved["previous_finalized"]
+    return previous
 
 
 def _address(raw: bytes) -> str:
@@ -303,6 +309,27 @@ async def _announce(conn: asyncpg.Connection, batch: Batch) -> int:
     messages = [transfer_message(t) for t in batch.transfers]
     messages += [token_event_message(e) for e in batch.token_events]
     return await _append_outbox(conn, batch.chain_id, messages)
+
+
+async def _announce_finality(conn: asyncpg.Connection, batch: Batch, previous: int | None) -> int:
+    """A `finalized` feed message when the finalized block moved up to an indexed block (its
+    hash from the window, which keeps the finalized block): clients hold facts as tentative
+    until one names a block at or above theirs."""
+    final = batch.finalized
+    if final is None or (previous is not None and final <= previous) or final > batch.last.number:
+        return 0
+    block_hash = await conn.fetchval(
+        "SELECT hash FROM blocks WHERE chain_id = $1 AND number = $2", batch.chain_id, final
+    )
+    if block_hash is None:
+        return 0
+    message = {
+        "type": "finalized",
+        "chain_id": batch.chain_id,
+        "block_number": final,
+        "block_hash": "0x" + bytes(block_hash).hex(),
+    }
+    return await append_outbox(conn, batch.chain_id, [message])
 
 
 @dataclass(frozen=True)

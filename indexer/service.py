@@ -12,6 +12,7 @@ import asyncpg
 from chain.failover import FailoverRpc
 from db.contracts import record_contract
 from db.engine import create_pool
+from db.outbox import prune_outbox
 from discograph.errors import ConfigError
 from discograph.settings import Settings
 from indexer.context import Context, IndexerConfig
@@ -131,6 +132,9 @@ async def run_indexer(
             if started is not None and not started.done():
                 started.set_result(indexer)
             async with contextlib.AsyncExitStack() as stack:
+                retention = settings.outbox_retention_seconds()
+                pruning = asyncio.create_task(prune_outbox_forever(pool, retention))
+                stack.push_async_callback(_cancel, pruning)
                 if settings.rpc_ws_url:
                     heads = asyncio.create_task(watch_new_heads(settings.rpc_ws_url, indexer.wake))
                     stack.push_async_callback(_cancel, heads)
@@ -138,6 +142,27 @@ async def run_indexer(
         finally:
             await lease.release()
             await pool.close()
+
+
+async def prune_outbox_forever(
+    pool: asyncpg.Pool, retention: float, *, every: float = 60.0, batch: int = 5000
+) -> None:
+    """Drop outbox rows older than OUTBOX_RETENTION, a batch per short transaction (no outbox
+    lock is taken, so writers never wait); the active indexer does it once a minute."""
+    while True:
+        try:
+            total = 0
+            while True:
+                deleted = await prune_outbox(pool, retention, batch)
+                total += deleted
+                if deleted < batch:
+                    break
+                await asyncio.sleep(0.05)
+            if total:
+                log.info("outbox pruned", extra={"rows": total, "retention_s": retention})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("outbox pruning failed, retrying later", extra={"error": repr(exc)})
+        await asyncio.sleep(every)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
