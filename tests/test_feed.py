@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import pytest
 import pytest_asyncio
 
 from chain.rpc import RpcClient
