@@ -144,3 +144,56 @@ async def test_a_client_dropped_at_random_points_and_resuming_gets_every_event_e
                 cursor = last or cursor
     assert len(received) > 500, "the rounds should have seen a lot of the stream"
     assert received == await outbox_seqs(database_url)
+
+
+async def test_a_reorg_sends_removed_for_each_orphaned_event_then_replacements_then_finalized(
+    database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
+) -> None:
+    async with indexing(database_url, rpc, emitter) as task:
+        with served_api(database_url, redis_url) as api:
+            async with feed_client(ws_url(api)) as client:
+                await asyncio.wait_for(client.live.wait(), 10)
+                for _ in range(5):
+                    await emitter.block(mints=10)
+                before = await client.wait_events(50)
+                head = int(await rpc.call("eth_blockNumber"), 16)
+                await rpc.call("anvil_reorg", [3, []])
+                await rpc.call("anvil_mine", ["0x1"])  # the indexer sees the fork on a new head
+                await wait_synced(database_url, rpc, task=task)
+                await client.wait_events(50 + 30)
+                emitter.minted -= 30
+                for _ in range(2):
+                    await emitter.block(mints=4)
+                await client.wait_events(50 + 30 + 8)
+                await rpc.call("anvil_mine", [hex(70)])
+                await wait_synced(database_url, rpc, task=task)
+                deadline = asyncio.get_running_loop().time() + 20
+                while not any(m["type"] == "finalized" for m in client.events):
+                    assert asyncio.get_running_loop().time() < deadline, "no finalized message"
+                    await asyncio.sleep(0.05)
+                stream = list(client.events)
+    orphaned = [e for e in before if e["block_number"] > head - 3]
+    assert len(orphaned) == 30
+    removed = [m for m in stream if m["type"] == "removed"]
+    key = ("tx_hash", "log_index", "block_hash", "token_id", "from", "to")
+    assert sorted(tuple(m[k] for k in key) for m in removed) == sorted(
+        tuple(m[k] for k in key) for m in orphaned
+    )
+    assert {m["removed_type"] for m in removed} == {"transfer"}
+    position = {m["cursor"]: i for i, m in enumerate(stream)}
+    last_removed = max(position[m["cursor"]] for m in removed)
+    assert min(position[m["cursor"]] for m in removed) > max(
+        position[m["cursor"]] for m in orphaned
+    )
+    replacements = [
+        m for m in stream if m["type"] == "transfer" and position[m["cursor"]] > last_removed
+    ]
+    assert len(replacements) == 8
+    assert {m["block_number"] for m in replacements} == {head + 2, head + 3}
+    finalized = [m for m in stream if m["type"] == "finalized"]
+    final = finalized[-1]
+    assert final["block_number"] >= head
+    assert position[final["cursor"]] > max(position[m["cursor"]] for m in replacements)
+    canonical = await rpc.call("eth_getBlockByNumber", [hex(final["block_number"]), False])
+    assert final["block_hash"] == canonical["hash"]
+    assert [f["block_number"] for f in finalized] == sorted({f["block_number"] for f in finalized})
