@@ -75,7 +75,7 @@ class Subscriber:
     def offer(self, frame: str | None, last_seq: int, count: int) -> None:
         if self.overflowed:
             return
-        if self.queued + count > self.limit:
+        if self.queued and self.queued + count > self.limit:  # one batch always fits
             self.overflowed = True
             self.on_overflow()
             return
