@@ -84,7 +84,7 @@ async def test_each_filtered_stream_equals_the_full_stream_filtered_by_the_clien
     database_url: str,
     redis_url: str,
     rpc: RpcClient,
-    emitter: Emitter,  # noqa: F811
+    emitter: Emitter,
 ) -> None:
     filters = {
         "contract": emitter.contract,
