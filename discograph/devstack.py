@@ -280,6 +280,7 @@ async def _run_stack(settings: Settings, found: Services) -> None:
                 await _seed_demo(api_url, admin, found, contract, tasks)
             await _print_indexed(found.database_url)
             print(f"  API        {api_url}  (OpenAPI: {api_url}/schema, try {api_url}/albums)")
+            print(f"  live page  {api_url}/  (feed: {api_url.replace('http', 'ws', 1)}/ws/events)")
             print(f"  admin JWT  {admin}")
             print("Ready: the indexer follows the chain, the minter sends mints. Ctrl-C stops.")
             sys.stdout.flush()

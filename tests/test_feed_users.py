@@ -192,3 +192,26 @@ async def test_bad_input_gets_its_close_code_and_the_server_keeps_serving(
         async with feed_client(ws_url(api, since="10")) as fine:
             events = await fine.wait_events(10, timeout=5)
         assert [int(e["cursor"]) for e in events] == list(range(11, 21))
+
+
+async def test_a_filtered_connection_gets_heartbeats_whose_cursor_follows_the_stream(
+    database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
+) -> None:
+    async with indexing(database_url, rpc, emitter) as task:
+        with served_api(database_url, redis_url, WS_HEARTBEAT="0.3") as api:
+            async with feed_client(ws_url(api, token_id="999999")) as client:
+                await asyncio.wait_for(client.live.wait(), 10)
+                for _ in range(8):
+                    await emitter.block(mints=5)
+                    await asyncio.sleep(0.1)
+                await wait_synced(database_url, rpc, task=task)
+                await asyncio.sleep(0.8)
+    heartbeats = [int(m["cursor"]) for m in client.messages if m["type"] == "heartbeat"]
+    assert client.events == []
+    assert len(heartbeats) >= 3
+    assert heartbeats == sorted(heartbeats)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert heartbeats[-1] == await conn.fetchval("SELECT max(seq) FROM outbox")
+    finally:
+        await conn.close()

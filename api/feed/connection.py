@@ -72,6 +72,7 @@ class Connection:
         self.position = 0  # seq of the last row handed to the socket or filtered out
         self.closing: asyncio.Future[Close] = asyncio.get_running_loop().create_future()
         self._closed = False
+        self._last_send = 0.0
 
     def close_with(self, code: int, reason: str) -> None:
         if not self.closing.done():
@@ -97,8 +98,10 @@ class Connection:
         if close.code == CLOSE_SLOW_CONSUMER:
             metrics.SLOW_CONSUMER_CLOSES.inc()
         reason = close.reason.encode()[:123].decode(errors="ignore")
+        # Bounded: behind a client that reads nothing the close frame waits for buffer room
+        # like any frame; uvicorn's keep-alive ping ends such a connection anyway.
         with contextlib.suppress(Exception):
-            await self.socket.close(code=close.code, reason=reason)
+            await asyncio.wait_for(self.socket.close(code=close.code, reason=reason), 10)
 
     async def _serve(self) -> None:
         self._check_origin()
@@ -245,6 +248,7 @@ class Connection:
         if self.closing.done():
             raise asyncio.CancelledError
         self.position = last  # set before the write: a close reason names what was written
+        self._last_send = asyncio.get_running_loop().time()
         await self.socket.send_data(text)
         metrics.MESSAGES_SENT.inc(count)
 
@@ -269,12 +273,19 @@ class Connection:
         self.position = max(after, start)
         await self._send(control(Live(str(self.position), principal is not None)), self.position, 0)
         heartbeat = self.settings.ws_heartbeat
+        loop = asyncio.get_running_loop()
         while True:
+            # Heartbeats go out WS_HEARTBEAT s after the last frame, also to a filtered
+            # connection whose wake-ups bring nothing to send.
+            due = self._last_send + heartbeat - loop.time()
+            if due <= 0:
+                await self._send(control(Heartbeat(str(self.position))), self.position, 0)
+                continue
             if not subscriber.frames:
-                try:
-                    await asyncio.wait_for(subscriber.wake.wait(), heartbeat)
-                except TimeoutError:
-                    await self._send(control(Heartbeat(str(self.position))), self.position, 0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscriber.wake.wait(), due)
+                if not subscriber.frames:
+                    subscriber.wake.clear()
                     continue
             frames = subscriber.take()
             texts: list[str] = []

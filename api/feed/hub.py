@@ -75,6 +75,11 @@ class Subscriber:
     def offer(self, frame: str | None, last_seq: int, count: int) -> None:
         if self.overflowed:
             return
+        if frame is None and self.frames:
+            # Nothing for this connection: only its position moves (never grows the queue).
+            text, _, queued = self.frames[-1]
+            self.frames[-1] = (text, last_seq, queued)
+            return
         if self.queued and self.queued + count > self.limit:  # one batch always fits
             self.overflowed = True
             self.on_overflow()
