@@ -22,8 +22,8 @@ CHAIN = {"chain_id": 31337, "block_number": 9, "block_hash": "0x" + "ab" * 32}
 EVENT = {**CHAIN, "tx_hash": "0x" + "cd" * 32, "log_index": 2, "contract": CONTRACT}
 
 
-def transfer(token: str = "7", sender: str = ALICE, to: str = BOB) -> str:
-    return json.dumps({"type": "transfer", **EVENT, "token_id": token, "from": sender, "to": to})
+def transfer(token_id: str = "7", sender: str = ALICE, to: str = BOB) -> str:
+    return json.dumps({"type": "transfer", **EVENT, "token_id": token_id, "from": sender, "to": to})
 
 
 def test_a_transfer_row_becomes_its_payload_plus_the_cursor_and_nothing_else() -> None:
@@ -94,9 +94,9 @@ def test_filters_are_normalised_and_combined_with_and() -> None:
     )
     assert since == 5
     assert filters == Filters(address=ALICE, token_id="7", types=frozenset({"transfer"}))
-    assert filters.matches(item_of(1, transfer(token="7", sender=ALICE)))
-    assert filters.matches(item_of(1, transfer(token="7", sender=BOB, to=ALICE)))
-    assert not filters.matches(item_of(1, transfer(token="8")))
+    assert filters.matches(item_of(1, transfer(token_id="7", sender=ALICE)))
+    assert filters.matches(item_of(1, transfer(token_id="7", sender=BOB, to=ALICE)))
+    assert not filters.matches(item_of(1, transfer(token_id="8")))
     final = item_of(2, json.dumps({"type": "finalized", **CHAIN}))
     assert filters.matches(final) is False  # types still applies to finalized
     assert Filters(contract="0x" + "00" * 20).matches(final)  # entity filters do not
