@@ -177,6 +177,37 @@ def cmd_minter(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(run_minter(settings, dsn, metrics_port=settings.metrics_port or None))
 
 
+def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from discograph.watch import watch
+
+    base = args.url or f"http://{settings.http_host}:{settings.http_port}"
+    filters = {
+        "contract": args.contract,
+        "token_id": args.token_id,
+        "address": args.address,
+        "album_id": args.album_id,
+        "types": args.types,
+    }
+    token = args.token or os.environ.get("DISCOGRAPH_TOKEN") or None
+    try:
+        result = asyncio.run(
+            watch(
+                base,
+                since=args.since,
+                filters=filters,
+                token=token,
+                as_json=args.json,
+                verbose=args.verbose,
+                max_messages=args.max_messages,
+            )
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return result.code
+
+
 def _workers(value: str) -> int:
     try:
         workers = int(value)
@@ -301,6 +332,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM private key for JWT_ALGORITHM=RS256/ES256 (HS256 signs with JWT_SECRET)",
     )
     token.set_defaults(handler=cmd_token)
+
+    watch = commands.add_parser(
+        "watch", help="print the websocket feed, one line a message; resumes after disconnects"
+    )
+    watch.add_argument(
+        "--url", default=None, help="the API's base URL (default http://HTTP_HOST:HTTP_PORT)"
+    )
+    watch.add_argument("--since", default=None, metavar="CURSOR", help="resume after CURSOR")
+    watch.add_argument("--contract", default=None, help="only this contract's events")
+    watch.add_argument("--token-id", default=None, help="only this token's events")
+    watch.add_argument("--address", default=None, help="only events from or to this address")
+    watch.add_argument("--album-id", default=None, help="only this album's events")
+    watch.add_argument(
+        "--types", default=None, help="comma list of transfer,mint,metadata,removed,…"
+    )
+    watch.add_argument(
+        "--token", default=None, help="JWT: also your own mint_status events (or DISCOGRAPH_TOKEN)"
+    )
+    watch.add_argument("--json", action="store_true", help="print each message's JSON")
+    watch.add_argument("--verbose", action="store_true", help="also show heartbeats")
+    watch.add_argument(
+        "--max-messages", type=int, default=None, metavar="N", help="exit 0 after N events"
+    )
+    watch.set_defaults(handler=cmd_watch)
 
     status = commands.add_parser(
         "status", help="chain head, indexed block, lag, safe/finalized block and the last reorg"

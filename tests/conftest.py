@@ -214,15 +214,16 @@ def api_url(database_url: str, redis_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_api(app: Any) -> Iterator[str]:
-    """Serve an app with uvicorn on a free loopback port, in its own thread and loop."""
+def serve_api(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve an app with uvicorn on a free loopback port (or `port`), in its own thread and
+    loop."""
     import threading
 
     import uvicorn
 
     from discograph.processes import free_port
 
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)

@@ -27,7 +27,9 @@ async def emitter(rpc: RpcClient, dev_signers: list[Signer]) -> Emitter:
 
 
 @contextlib.contextmanager
-def served_api(database_url: str, redis_url: str | None, **extra: str) -> Iterator[str]:
+def served_api(
+    database_url: str, redis_url: str | None, port: int | None = None, **extra: str
+) -> Iterator[str]:
     from api.app import create_app
     from discograph.settings import load_settings
 
@@ -36,7 +38,7 @@ def served_api(database_url: str, redis_url: str | None, **extra: str) -> Iterat
         env["REDIS_URL"] = redis_url
     settings = load_settings(env, env_file=None)
     app = create_app(settings, database_url, cache_namespace=f"test:{uuid.uuid4().hex}")
-    with serve_api(app) as url:
+    with serve_api(app, port) as url:
         yield url
 
 
