@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: run test lint format install compile-contracts check-contracts clean distclean
+.PHONY: run test lint format install browser compile-contracts check-contracts clean distclean
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -34,7 +34,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+# The live page's test runs in Debian's chromium. Installed where we may (root with apt);
+# elsewhere, or if apt fails, that one test is skipped and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt) for the live page's browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium >/dev/null) || echo "chromium not installed: its test will skip"; \
+	fi
+
+test: install lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 compile-contracts: $(NPM_STAMP)

@@ -37,7 +37,7 @@ from api.feed.service import Feed, events
 from api.freshness import CheckpointConnection, CheckpointReads, IndexedBlock
 from api.middleware import ChainVersionMiddleware
 from api.ratelimit import AnonymousReadRateLimit, Limiter, SubjectRateLimit, limit_storage
-from api.routes import albums, health, nfts, status, writes
+from api.routes import albums, health, nfts, page, status, writes
 from api.state import add_read_headers
 from db.engine import create_pool
 from discograph import __version__
@@ -195,7 +195,7 @@ def create_app(
     write_controllers, openapi_components = _write_controllers(settings, storage, cache_namespace)
     api = Router(path="/", route_handlers=READ_ROUTERS + write_controllers, middleware=read_limit)
     return Litestar(
-        route_handlers=[api, health.HealthController, PrometheusController, events],
+        route_handlers=[api, health.HealthController, PrometheusController, events, page.live_page],
         lifespan=[lifespan],
         state=State({"feed": feed}),
         before_send=[add_read_headers],
