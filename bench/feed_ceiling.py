@@ -48,7 +48,7 @@ class Fanout:
                 for client in list(self.clients):
                     try:
                         await client.send_data(frame)
-                    except Exception:  # noqa: BLE001 - a gone client leaves the set
+                    except Exception:
                         self.clients.discard(client)
         finally:
             await conn.close()
@@ -63,10 +63,9 @@ def app_factory() -> Litestar:
         await socket.send_data(f'{{"type":"live","cursor":"{fanout.position}"}}')
         fanout.clients.add(socket)
         try:
-            while True:
-                await socket.receive_data(mode="text")
-        except Exception:  # noqa: BLE001 - disconnect ends the handler
-            pass
+            with contextlib.suppress(Exception):  # a disconnect ends the handler
+                while True:
+                    await socket.receive_data(mode="text")
         finally:
             fanout.clients.discard(socket)
 
