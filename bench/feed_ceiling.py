@@ -27,12 +27,14 @@ class Fanout:
         self.clients: set[WebSocket[Any, Any, Any]] = set()
         self.position = 0
         self.task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()  # the position is known
 
     async def run(self) -> None:
         conn = await asyncpg.connect(self.dsn)
         committed = asyncio.Event()
         await conn.add_listener(OUTBOX_CHANNEL, lambda *_: committed.set())
         self.position = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM outbox")
+        self.ready.set()
         try:
             while True:
                 await committed.wait()
@@ -60,6 +62,7 @@ def app_factory() -> Litestar:
     @websocket("/ws/events")
     async def events(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.accept()
+        await fanout.ready.wait()
         await socket.send_data(f'{{"type":"live","cursor":"{fanout.position}"}}')
         fanout.clients.add(socket)
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -121,3 +123,33 @@ def test_a_queue_over_its_limit_overflows_once_and_empty_batches_only_move_the_p
     queue.offer("c", 1001, 1)
     assert overflowed == [True]
     assert queue.take() == [("a", 999, 50)]
+
+
+async def test_outbox_pruning_drops_only_old_rows_in_batches_and_keeps_the_newest(
+    pool: Any,
+) -> None:
+    from db.outbox import outbox_bounds, prune_outbox
+    from indexer.service import prune_outbox_forever
+
+    await pool.execute(
+        "INSERT INTO outbox (chain_id, kind, payload, created_at)"
+        " SELECT 1, 'finalized', '{}'::jsonb, now() - make_interval(days => 30 - n / 1000)"
+        " FROM generate_series(1, 12000) AS n"
+    )
+    await pool.execute(
+        "INSERT INTO outbox (chain_id, kind, payload) SELECT 1, 'finalized', '{}'::jsonb"
+        " FROM generate_series(1, 5)"
+    )
+    assert await prune_outbox(pool, 7 * 86400, batch=5000) == 5000
+    pruner = asyncio.create_task(prune_outbox_forever(pool, 7 * 86400, every=3600, batch=5000))
+    try:
+        for _ in range(100):
+            if (await outbox_bounds(pool)) == (12001, 12005):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        pruner.cancel()
+    assert await outbox_bounds(pool) == (12001, 12005)
+    await pool.execute("UPDATE outbox SET created_at = now() - interval '30 days'")
+    assert await prune_outbox(pool, 7 * 86400) == 4
+    assert await outbox_bounds(pool) == (12005, 12005), "the newest row always stays"
