@@ -103,6 +103,7 @@ async def test_the_live_page_shows_albums_and_the_feed_with_reorgs_finality_and_
                     album = (await r.json())["id"]
             await page.goto(api + "/")
             await until(lambda: page.locator("#status.live").count(), "the page to go live")
+            assert "connected" in await page.inner_text("#status")
             assert "Northern Static" in await page.inner_text("#albums")
 
             owner = dev_signers[3].address
@@ -134,16 +135,27 @@ async def test_the_live_page_shows_albums_and_the_feed_with_reorgs_finality_and_
             )
             originals = [r for r in struck if "removed" not in r["text"]]
             assert len(originals) == 8, "each orphaned event's own row is struck through too"
+            decorations = await page.eval_on_selector_all(
+                "#feed tbody tr.removed td.kind",
+                "cells => cells.map(c => getComputedStyle(c).textDecorationLine)",
+            )
+            assert decorations, "no struck row rendered"
+            assert all("line-through" in d for d in decorations), decorations
 
             await rpc.call("anvil_mine", [hex(70)])
             await wait_synced(database_url, rpc, task=task)
             final = await until(lambda: _rows_with(page, "final", 6), "finalized rows")
             assert all("removed" not in r["classes"] for r in final)
+            badge = await page.eval_on_selector(
+                "#feed tbody tr.final td.kind", "c => getComputedStyle(c, '::after').content"
+            )
+            assert "✓" in badge
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
             before = len(await rows(page))
 
         # The API goes away: the page says so, then resumes from its cursor when it is back.
         await until(lambda: page.locator("#status.down").count(), "the page to notice")
+        assert "reconnecting" in await page.inner_text("#status")
         await emitter.block(mints=5)
         await wait_synced(database_url, rpc, task=task)
         with served_api(database_url, redis_url, port=port):
