@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from chain.rpc import RpcClient
 from chain.signer import Signer
 from tests.conftest import api_env, serve_api
-from tests.feeding import Emitter, deploy_bench, feed_client, ws_url
+from tests.feeding import Emitter, FeedClient, deploy_bench, feed_client, ws_url
 from tests.indexing import indexer_settings, live_indexer, wait_synced
 
 
@@ -52,6 +52,18 @@ async def indexing(
         yield task
 
 
+@contextlib.asynccontextmanager
+async def live_stream(
+    database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
+) -> AsyncIterator[tuple[asyncio.Task[int], FeedClient]]:
+    """Indexer, API and one unfiltered client that has gone live."""
+    async with indexing(database_url, rpc, emitter) as task:
+        with served_api(database_url, redis_url) as api:
+            async with feed_client(ws_url(api)) as client:
+                await asyncio.wait_for(client.live.wait(), 10)
+                yield task, client
+
+
 def chain_order(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(e["block_number"], e["log_index"]) for e in events]
 
@@ -59,14 +71,11 @@ def chain_order(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
 async def test_a_client_connected_before_a_burst_gets_all_1000_transfers_in_chain_order(
     database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
 ) -> None:
-    async with indexing(database_url, rpc, emitter) as task:
-        with served_api(database_url, redis_url) as api:
-            async with feed_client(ws_url(api)) as client:
-                await asyncio.wait_for(client.live.wait(), 10)
-                for _ in range(5):
-                    await emitter.block(mints=200)
-                events = await client.wait_events(1000)
-                await wait_synced(database_url, rpc, task=task)
+    async with live_stream(database_url, redis_url, rpc, emitter) as (task, client):
+        for _ in range(5):
+            await emitter.block(mints=200)
+        events = await client.wait_events(1000)
+        await wait_synced(database_url, rpc, task=task)
     assert len(events) == 1000
     assert {e["type"] for e in events} == {"transfer"}
     assert chain_order(events) == sorted(chain_order(events))
@@ -151,29 +160,26 @@ async def test_a_client_dropped_at_random_points_and_resuming_gets_every_event_e
 async def test_a_reorg_sends_removed_for_each_orphaned_event_then_replacements_then_finalized(
     database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
 ) -> None:
-    async with indexing(database_url, rpc, emitter) as task:
-        with served_api(database_url, redis_url) as api:
-            async with feed_client(ws_url(api)) as client:
-                await asyncio.wait_for(client.live.wait(), 10)
-                for _ in range(5):
-                    await emitter.block(mints=10)
-                before = await client.wait_events(50)
-                head = int(await rpc.call("eth_blockNumber"), 16)
-                await rpc.call("anvil_reorg", [3, []])
-                await rpc.call("anvil_mine", ["0x1"])  # the indexer sees the fork on a new head
-                await wait_synced(database_url, rpc, task=task)
-                await client.wait_events(50 + 30)
-                emitter.minted -= 30
-                for _ in range(2):
-                    await emitter.block(mints=4)
-                await client.wait_events(50 + 30 + 8)
-                await rpc.call("anvil_mine", [hex(70)])
-                await wait_synced(database_url, rpc, task=task)
-                deadline = asyncio.get_running_loop().time() + 20
-                while not any(m["type"] == "finalized" for m in client.events):
-                    assert asyncio.get_running_loop().time() < deadline, "no finalized message"
-                    await asyncio.sleep(0.05)
-                stream = list(client.events)
+    async with live_stream(database_url, redis_url, rpc, emitter) as (task, client):
+        for _ in range(5):
+            await emitter.block(mints=10)
+        before = await client.wait_events(50)
+        head = int(await rpc.call("eth_blockNumber"), 16)
+        await rpc.call("anvil_reorg", [3, []])
+        await rpc.call("anvil_mine", ["0x1"])  # the indexer sees the fork on a new head
+        await wait_synced(database_url, rpc, task=task)
+        await client.wait_events(50 + 30)
+        emitter.minted -= 30
+        for _ in range(2):
+            await emitter.block(mints=4)
+        await client.wait_events(50 + 30 + 8)
+        await rpc.call("anvil_mine", [hex(70)])
+        await wait_synced(database_url, rpc, task=task)
+        deadline = asyncio.get_running_loop().time() + 20
+        while not any(m["type"] == "finalized" for m in client.events):
+            assert asyncio.get_running_loop().time() < deadline, "no finalized message"
+            await asyncio.sleep(0.05)
+        stream = list(client.events)
     orphaned = [e for e in before if e["block_number"] > head - 3]
     assert len(orphaned) == 30
     removed = [m for m in stream if m["type"] == "removed"]

@@ -34,26 +34,27 @@ def test_each_message_type_reads_as_one_line() -> None:
     assert "mint m mined" in describe(status)
 
 
+async def watch_cli(api: str, *args: str) -> asyncio.subprocess.Process:
+    """`discograph watch --url API ARGS…` as a subprocess (no .env read)."""
+    return await asyncio.create_subprocess_exec(
+        DISCOGRAPH,
+        "--env-file",
+        "/nonexistent",
+        "watch",
+        "--url",
+        api,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_the_cli_prints_n_json_lines_in_cursor_order(
     database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
 ) -> None:
     async with indexing(database_url, rpc, emitter):
         with served_api(database_url, redis_url) as api:
-            process = await asyncio.create_subprocess_exec(
-                DISCOGRAPH,
-                "--env-file",
-                "/nonexistent",
-                "watch",
-                "--url",
-                api,
-                "--since",
-                "0",
-                "--json",
-                "--max-messages",
-                "60",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            process = await watch_cli(api, "--since", "0", "--json", "--max-messages", "60")
             for _ in range(3):
                 await emitter.block(mints=20)
             out, err = await asyncio.wait_for(process.communicate(), 60)
@@ -89,18 +90,7 @@ async def test_watch_resumes_after_the_server_goes_away_with_nothing_lost_or_rep
 
 async def test_a_refused_request_exits_2_with_the_reason(database_url: str, redis_url: str) -> None:
     with served_api(database_url, redis_url) as api:
-        process = await asyncio.create_subprocess_exec(
-            DISCOGRAPH,
-            "--env-file",
-            "/nonexistent",
-            "watch",
-            "--url",
-            api,
-            "--types",
-            "nonsense",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await watch_cli(api, "--types", "nonsense")
         _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert "4400" in err.decode()
