@@ -182,7 +182,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 
     from discograph.watch import watch
 
-    base = args.url or f"http://{settings.http_host}:{settings.http_port}"
+    host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
     filters = {
         "contract": args.contract,
         "token_id": args.token_id,
@@ -190,22 +190,20 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
         "album_id": args.album_id,
         "types": args.types,
     }
-    token = args.token or os.environ.get("DISCOGRAPH_TOKEN") or None
     try:
-        result = asyncio.run(
+        return asyncio.run(
             watch(
-                base,
+                args.url or f"http://{host}:{settings.http_port}",
                 since=args.since,
                 filters=filters,
-                token=token,
-                as_json=args.json,
+                token=args.token or os.environ.get("DISCOGRAPH_TOKEN") or None,
+                json_lines=args.json,
                 verbose=args.verbose,
                 max_messages=args.max_messages,
             )
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return result.code
 
 
 def _workers(value: str) -> int:
@@ -351,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=None, help="JWT: also your own mint_status events (or DISCOGRAPH_TOKEN)"
     )
     watch.add_argument("--json", action="store_true", help="print each message's JSON")
-    watch.add_argument("--verbose", action="store_true", help="also show heartbeats")
+    watch.add_argument("--verbose", action="store_true", help="also print heartbeats")
     watch.add_argument(
         "--max-messages", type=int, default=None, metavar="N", help="exit 0 after N events"
     )
