@@ -68,6 +68,7 @@ class FeedClient:
     live: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     close_reason: str = ""
+    pong: bool = False  # answer each heartbeat, as the README asks clients to
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -86,6 +87,8 @@ class FeedClient:
                     self.messages.append(message)
                     if message["type"] == "live":
                         self.live.set()
+                    elif message["type"] == "heartbeat" and self.pong:
+                        await self.connection.send('{"type":"pong"}')
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -103,10 +106,12 @@ class FeedClient:
 
 
 @contextlib.asynccontextmanager
-async def feed_client(url: str, **connect_args: Any) -> AsyncIterator[FeedClient]:
+async def feed_client(
+    url: str, *, pong: bool = False, **connect_args: Any
+) -> AsyncIterator[FeedClient]:
     """Connect, read in the background until the block ends or the server closes."""
     async with connect(url, **connect_args) as connection:
-        client = FeedClient(connection)
+        client = FeedClient(connection, pong=pong)
         reader = asyncio.create_task(client.read())
         try:
             yield client

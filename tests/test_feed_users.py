@@ -215,3 +215,19 @@ async def test_a_filtered_connection_gets_heartbeats_whose_cursor_follows_the_st
         assert heartbeats[-1] == await conn.fetchval("SELECT max(seq) FROM outbox")
     finally:
         await conn.close()
+
+
+async def test_heartbeats_keep_coming_on_a_busy_feed_so_answering_them_avoids_the_idle_close(
+    database_url: str, redis_url: str, rpc: RpcClient, emitter: Emitter
+) -> None:
+    async with indexing(database_url, rpc, emitter):
+        with served_api(database_url, redis_url, WS_HEARTBEAT="0.3", WS_IDLE_TIMEOUT="1") as api:
+            async with feed_client(ws_url(api), pong=True) as client:
+                await asyncio.wait_for(client.live.wait(), 10)
+                deadline = asyncio.get_running_loop().time() + 3.0
+                while asyncio.get_running_loop().time() < deadline:  # never quiet for 0.3 s
+                    await emitter.block(mints=2)
+                assert client.close_code is None, (client.close_code, client.close_reason)
+    kinds = [m["type"] for m in client.messages]
+    assert kinds.count("heartbeat") >= 6
+    assert client.close_code is None or client.close_code == 1000

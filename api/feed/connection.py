@@ -72,7 +72,7 @@ class Connection:
         self.position = 0  # seq of the last row handed to the socket or filtered out
         self.closing: asyncio.Future[Close] = asyncio.get_running_loop().create_future()
         self._closed = False
-        self._last_send = 0.0
+        self._last_heartbeat = 0.0
 
     def close_with(self, code: int, reason: str) -> None:
         if not self.closing.done():
@@ -248,7 +248,6 @@ class Connection:
         if self.closing.done():
             raise asyncio.CancelledError
         self.position = last  # set before the write: a close reason names what was written
-        self._last_send = asyncio.get_running_loop().time()
         await self.socket.send_data(text)
         metrics.MESSAGES_SENT.inc(count)
 
@@ -272,13 +271,15 @@ class Connection:
                 await self._send("\n".join(chosen), cursor, len(chosen))
         self.position = max(after, start)
         await self._send(control(Live(str(self.position), principal is not None)), self.position, 0)
+        self._last_heartbeat = asyncio.get_running_loop().time()  # `live` counts as the first
         heartbeat = self.settings.ws_heartbeat
         loop = asyncio.get_running_loop()
         while True:
-            # Heartbeats go out WS_HEARTBEAT s after the last frame, also to a filtered
-            # connection whose wake-ups bring nothing to send.
-            due = self._last_send + heartbeat - loop.time()
+            # A heartbeat every WS_HEARTBEAT s, busy or not: clients that answer heartbeats
+            # stay clear of the idle timeout however much else they receive.
+            due = self._last_heartbeat + heartbeat - loop.time()
             if due <= 0:
+                self._last_heartbeat = loop.time()
                 await self._send(control(Heartbeat(str(self.position))), self.position, 0)
                 continue
             if not subscriber.frames:
