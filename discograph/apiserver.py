@@ -61,6 +61,7 @@ def serve_workers(settings: Settings, database_url: str, workers: int, env_file:
             host=settings.http_host,
             port=settings.http_port,
             workers=workers,
+            ws_per_message_deflate=settings.ws_compression == "on",
             log_level=settings.log_level.lower(),
             access_log=False,
         )

@@ -139,6 +139,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
             app,
             host=settings.http_host,
             port=settings.http_port,
+            ws_per_message_deflate=settings.ws_compression == "on",
             log_level=settings.log_level.lower(),
             access_log=False,
         )

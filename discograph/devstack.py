@@ -243,7 +243,13 @@ async def _serve_api(settings: Settings, found: Services) -> AsyncIterator[str]:
         settings = settings.with_values(public_url=f"http://{settings.http_host}:{port}")
     app = create_app(settings, found.database_url)
     server = EmbeddedServer(
-        uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning")
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=port,
+            log_level="warning",
+            ws_per_message_deflate=settings.ws_compression == "on",
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -119,6 +119,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     ws_idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 120.0
     ws_max_message: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 4096
     ws_auth_wait: Annotated[float, msgspec.Meta(ge=0, le=30)] = 0.5
+    ws_compression: str = "on"
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -159,6 +160,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             raise ConfigError("set MINTER_PRIVATE_KEY or MINTER_KEY_FILE, not both")
         if not _DURATION_RE.match(self.outbox_retention):
             raise ConfigError("OUTBOX_RETENTION must be seconds or a number with s/m/h/d (7d)")
+        if self.ws_compression not in ("on", "off"):
+            raise ConfigError("WS_COMPRESSION must be on or off")
         for origin in self.ws_allowed_origins:
             if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
                 raise ConfigError(

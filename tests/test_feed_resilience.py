@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from websockets.asyncio.client import connect
 
 from chain.rpc import RpcClient
 from db.engine import migrate, with_database
@@ -294,3 +295,19 @@ async def test_a_postgres_restart_mid_stream_loses_and_repeats_nothing(
     finally:
         server.stop()
     assert got == seqs
+
+
+async def test_ws_compression_off_turns_permessage_deflate_off(
+    database_url: str, redis_url: str, service_dir: Path
+) -> None:
+    negotiated = {}
+    for setting in ("on", "off"):
+        with api_process(database_url, redis_url, service_dir, WS_COMPRESSION=setting) as (
+            api,
+            _,
+        ):
+            async with connect(ws_url(api)) as connection:
+                assert connection.response is not None
+                negotiated[setting] = connection.response.headers.get("Sec-WebSocket-Extensions")
+    assert "permessage-deflate" in (negotiated["on"] or "")
+    assert negotiated["off"] is None
