@@ -104,6 +104,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     rate_limit_reads: str = "1200/minute"
     public_url: str | None = None
     mint_replace_after: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    mint_fee_cap: Annotated[float, msgspec.Meta(ge=1.2, le=1000)] = 8.0
     minter_private_key: Secret | None = None
     minter_key_file: str | None = None
     log_level: str = "INFO"

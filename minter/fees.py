@@ -7,8 +7,9 @@ from dataclasses import dataclass
 # Replacements raise both fees by at least 1/8 (12.5 %): geth refuses a same-nonce replacement
 # below +10 % on either fee, and some pools ask more than geth.
 BUMP_NUMERATOR, BUMP_DENOMINATOR = 9, 8
-# A replacement never offers more than this many times what a fresh transaction would: a mint
-# stuck for another reason (a nonce gap, a node that drops it) must not bid fees up forever.
+# By default a replacement never offers more than this many times what a fresh transaction
+# would (setting MINT_FEE_CAP): a mint stuck for another reason (a nonce gap, a node that drops
+# it) must not bid fees up forever.
 MAX_FEE_MULTIPLE = 8
 # Headroom over `eth_estimateGas`: state moves between the estimate and inclusion (the same
 # 20 % as chain.transact.build_transaction).
@@ -34,12 +35,12 @@ def _bump(value: int) -> int:
     return max(value + 1, -(-value * BUMP_NUMERATOR // BUMP_DENOMINATOR))
 
 
-def bumped_fees(previous: Fees, market: Fees) -> Fees | None:
+def bumped_fees(previous: Fees, market: Fees, cap: float = MAX_FEE_MULTIPLE) -> Fees | None:
     """The fees of a replacement: each at least 12.5 % above `previous`, and no less than what
-    the market asks now. None when that would exceed MAX_FEE_MULTIPLE times the market."""
+    the market asks now. None when that would exceed `cap` times the market."""
     priority = max(_bump(previous.priority), market.priority)
     max_fee = max(_bump(previous.max_fee), market.max_fee, priority)
-    if max_fee > MAX_FEE_MULTIPLE * max(market.max_fee, 1):
+    if max_fee > cap * max(market.max_fee, 1):
         return None
     return Fees(max_fee=max_fee, priority=priority)
 

@@ -86,6 +86,7 @@ async def _session(
             contract=contract,
             confirmations=settings.confirmations,
             replace_after=settings.mint_replace_after,
+            fee_cap=settings.mint_fee_cap,
         )
         minter = Minter(conn, node, signer, config)
         wake = asyncio.Event()

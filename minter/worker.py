@@ -28,7 +28,7 @@ from chain.signer import Signer
 from discograph.encoding import hex0x_or_none, parse_address
 from minter import metrics
 from minter.calls import mint_call, unsigned_tx
-from minter.fees import Fees, bumped_fees, gas_limit
+from minter.fees import MAX_FEE_MULTIPLE, Fees, bumped_fees, gas_limit
 from minter.node import Node, Sent
 from minter.nonces import (
     allocate_nonces,
@@ -63,6 +63,7 @@ class MinterConfig:
     contract: bytes  # the AlbumNFT the minter sends to (20 bytes)
     confirmations: int
     replace_after: float  # seconds without a receipt before a fee-bumped replacement
+    fee_cap: float = MAX_FEE_MULTIPLE  # replacements bid at most this many times the market
     batch_size: int = 25  # queued requests taken (and committed) together
     estimate_concurrency: int = 8
 
@@ -281,7 +282,7 @@ class Minter:
         market = (await self.node.market()).fees
         signed = []
         for mint in stale:
-            fees = bumped_fees(mint.fees, market)
+            fees = bumped_fees(mint.fees, market, self.config.fee_cap)
             if fees is None:
                 log.warning(
                     "not raising fees further: the mint already bids far above the market",

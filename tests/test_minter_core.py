@@ -52,6 +52,16 @@ def test_replacement_stops_far_above_the_market() -> None:
     assert bumped_fees(Fees(8_000, 10), Fees(max_fee=1_000, priority=10)) is None
 
 
+def test_the_fee_cap_is_a_setting() -> None:
+    from discograph.settings import load_settings
+
+    market = Fees(max_fee=1_000, priority=10)
+    assert bumped_fees(Fees(1_500, 10), market, cap=1.5) is None
+    assert bumped_fees(Fees(1_500, 10), market, cap=2.0) == Fees(max_fee=1_688, priority=12)
+    assert load_settings({"MINT_FEE_CAP": "2.5"}, env_file=None).mint_fee_cap == 2.5
+    assert load_settings({}, env_file=None).mint_fee_cap == MAX_FEE_MULTIPLE
+
+
 def test_access_control_revert_is_decoded_with_its_arguments() -> None:
     reason = decode_revert_data(ACCESS_CONTROL_DATA)
     assert reason is not None
