@@ -14,7 +14,8 @@ from discograph.encoding import checksum_address, hex0x_or_none
 
 MINT_COLUMNS = (
     "id, album_id, requester, to_address, token_uri, idempotency_key, status, remint,"
-    " contract, signer, nonce, tx_hash, block_number, block_hash, token_id, error, attempts,"
+    " chain_id, contract, signer, nonce, tx_hash, block_number, block_hash, token_id, error,"
+    " attempts,"
     " submitted_at, created_at, updated_at"
 )
 
@@ -28,6 +29,7 @@ async def insert_mint_request(
     token_uri: str,
     idempotency_key: str | None,
     remint: bool = False,
+    chain_id: int | None = None,
 ) -> asyncpg.Record:
     """Queue a mint (inside the caller's transaction) and wake the minter at commit.
 
@@ -35,8 +37,8 @@ async def insert_mint_request(
     not a re-mint): the database decides, so concurrent requests cannot both pass."""
     row = await conn.fetchrow(
         "INSERT INTO mint_requests"
-        " (id, album_id, requester, to_address, token_uri, idempotency_key, remint)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " (id, album_id, requester, to_address, token_uri, idempotency_key, remint, chain_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         f" RETURNING {MINT_COLUMNS}",
         uuid.uuid4(),
         album_id,
@@ -45,6 +47,7 @@ async def insert_mint_request(
         token_uri,
         idempotency_key,
         remint,
+        chain_id,
     )
     assert row is not None
     await conn.execute("SELECT pg_notify($1, $2)", MINT_QUEUED_CHANNEL, str(row["id"]))

@@ -236,6 +236,9 @@ mint_requests = Table(
     Column("status", Text, nullable=False, server_default="queued"),
     # An admin's deliberate second mint of an album (others: one live mint per album).
     Column("remint", Boolean, nullable=False, server_default=text("false")),
+    # The chain the mint is for: set by the API when it knows the chain (CHAIN_ID or the indexed
+    # chain), else by the minter when it sends.
+    Column("chain_id", BigInteger, nullable=True),
     # Filled in by the minter: the contract and signer it sent with, the nonce it allocated.
     _address("contract", nullable=True),
     _address("signer", nullable=True),
@@ -256,6 +259,13 @@ mint_requests = Table(
     Index(None, "status", "created_at"),
     Index(None, "album_id"),
     Index(None, "tx_hash"),
+    # The minter's nonce reconciliation and gap checks: a signer's requests by nonce.
+    Index(
+        "ix_mint_requests_signer_nonce",
+        "signer",
+        "nonce",
+        postgresql_where=text("nonce IS NOT NULL"),
+    ),
     # One live mint per album, whatever the races: a second one (not an admin re-mint) is
     # refused by the database; a failed mint frees the album for another attempt.
     Index(

@@ -119,7 +119,7 @@ async def record_sent(
         UPDATE mint_requests m
         SET status = 'submitted', contract = $1, signer = $2, nonce = u.new_nonce,
             tx_hash = u.new_hash, attempts = m.attempts + 1, submitted_at = now(),
-            updated_at = now(), error = NULL
+            updated_at = now(), error = NULL, chain_id = $6
         FROM unnest($3::uuid[], $4::bigint[], $5::bytea[]) AS u(mint_id, new_nonce, new_hash)
         WHERE m.id = u.mint_id AND m.status = 'queued'
         RETURNING 'queued' AS previous, {MINT_COLUMNS}
@@ -129,6 +129,7 @@ async def record_sent(
         [t.mint_id for t in txs],
         [t.nonce for t in txs],
         [t.tx_hash for t in txs],
+        chain_id,
     )
     await conn.execute(
         "UPDATE albums SET status = 'minting', updated_at = now()"

@@ -114,3 +114,50 @@ async def test_token_ids_hold_the_largest_uint256(pool: asyncpg.Pool) -> None:
             largest,
         )
         assert await conn.fetchval("SELECT token_id FROM transfers") == largest
+
+
+async def test_0007_adds_mint_chain_ids_to_existing_rows_and_goes_back_down_with_data(
+    empty_database_url: str,
+) -> None:
+    """0006 → 0007 → 0006 → 0007 on a database holding mint requests."""
+    await migrate(empty_database_url, "0006")
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO artists (id, name) VALUES ('00000000-0000-0000-0000-00000000000a', 'A');"
+            " INSERT INTO albums (id, artist_id, title)"
+            " SELECT ('00000000-0000-0000-0000-0000000000' || lpad(n::text, 2, '0'))::uuid,"
+            " '00000000-0000-0000-0000-00000000000a', 'album ' || n"
+            " FROM generate_series(1, 3) AS n;"
+            " INSERT INTO mint_requests (id, album_id, requester, to_address, token_uri,"
+            "   status, signer, nonce)"
+            " SELECT gen_random_uuid(), id, 'a', decode(repeat('11', 20), 'hex'), 'ipfs://x',"
+            "   'submitted', decode(repeat('22', 20), 'hex'), row_number() OVER (ORDER BY id)"
+            " FROM albums;"
+            " INSERT INTO checkpoints (chain_id, block_number, block_hash)"
+            " VALUES (31337, 5, decode(repeat('33', 32), 'hex'))"
+        )
+        await migrate(empty_database_url, "0007")
+        chains = await conn.fetch("SELECT chain_id, nonce FROM mint_requests ORDER BY nonce")
+        assert [(r["chain_id"], r["nonce"]) for r in chains] == [(31337, 1), (31337, 2), (31337, 3)]
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT TEXT) SELECT * FROM mint_requests WHERE signer = $1 AND nonce >= 2",
+            bytes.fromhex("22" * 20),
+        )
+        assert plan is not None
+        indexes = await conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'mint_requests'"
+        )
+        assert "ix_mint_requests_signer_nonce" in {r["indexname"] for r in indexes}
+
+        await downgrade(empty_database_url, "0006")
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'mint_requests'"
+        )
+        assert "chain_id" not in {r["column_name"] for r in columns}
+        assert await conn.fetchval("SELECT count(*) FROM mint_requests") == 3
+
+        await migrate(empty_database_url, "0007")
+        assert await conn.fetchval("SELECT count(*) FROM mint_requests WHERE chain_id = 31337") == 3
+    finally:
+        await conn.close()

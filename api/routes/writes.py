@@ -273,6 +273,8 @@ async def _queue_mint(
                 extra={"mint_id": str(live)},
             )
     key = request.headers.get(IDEMPOTENCY_HEADER)
+    view = request.state.chain_view
+    chain_id = int(view["chain_id"]) if view is not None else request.app.state.settings.chain_id
     try:
         async with conn.transaction():  # a savepoint: a refused insert leaves the rest usable
             row = await insert_mint_request(
@@ -283,6 +285,7 @@ async def _queue_mint(
                 token_uri=token_uri,
                 idempotency_key=key,
                 remint=remint,
+                chain_id=chain_id,
             )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "uq_mint_requests_requester_idempotency_key":
@@ -296,8 +299,6 @@ async def _queue_mint(
         " WHERE id = $1 AND status <> 'minted'",
         album_id,
     )
-    view = request.state.chain_view
-    chain_id = int(view["chain_id"]) if view is not None else request.app.state.settings.chain_id
     if chain_id is not None:  # else nothing indexed and no CHAIN_ID: the minter announces later
         await announce_mint(conn, chain_id, row)
     return MintAccepted(mint_id=row["id"], status=row["status"], album_id=album_id)
