@@ -14,20 +14,12 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from chain.abi import deploy_data, encode_call, load_artifact
+from chain.abi import encode_call, load_artifact
 from chain.rpc import RpcClient
 from chain.signer import Signer
 from chain.transact import send_transaction
 
 HOLDERS = [f"0x{i:040x}" for i in range(0x1000, 0x1010)]
-
-
-async def deploy_bench(rpc: RpcClient, signer: Signer) -> str:
-    """Deploy BenchTransfers: one transaction emits hundreds of ERC-721 Transfers."""
-    receipt = await send_transaction(
-        rpc, signer, to=None, data=deploy_data(load_artifact("BenchTransfers"))
-    )
-    return str(receipt["contractAddress"])
 
 
 @dataclass

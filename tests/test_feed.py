@@ -14,10 +14,11 @@ import asyncpg
 import pytest_asyncio
 from websockets.asyncio.client import connect
 
+from bench.feed import deploy_bench
 from chain.rpc import RpcClient
 from chain.signer import Signer
 from tests.conftest import api_env, serve_api
-from tests.feeding import Emitter, FeedClient, deploy_bench, feed_client, ws_url
+from tests.feeding import Emitter, FeedClient, feed_client, ws_url
 from tests.indexing import indexer_settings, live_indexer, wait_synced
 
 

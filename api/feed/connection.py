@@ -21,7 +21,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from api.auth import Principal, TokenRefused
 from api.feed import metrics
-from api.feed.hub import DB_ERRORS, Subscriber
+from api.feed.hub import DB_ERRORS, Subscriber, outbox_items
 from api.feed.messages import (
     CLOSE_BAD_REQUEST,
     CLOSE_CURSOR_GONE,
@@ -37,11 +37,10 @@ from api.feed.messages import (
     Heartbeat,
     Live,
     control,
-    item_of,
     parse_client_message,
     parse_query,
 )
-from db.outbox import outbox_bounds, read_outbox
+from db.outbox import outbox_bounds
 
 if TYPE_CHECKING:
     from api.feed.service import Feed
@@ -214,7 +213,7 @@ class Connection:
         self.position = after
         metrics.CLIENTS.inc()
         self.feed.connections.add(self)
-        sender = asyncio.create_task(self._send_loop(subscriber, after, start, principal))
+        sender = asyncio.create_task(self._send_loop(subscriber, after, start))
         receiver = asyncio.create_task(self._receive_loop())
         try:
             waits: list[asyncio.Future[Any]] = [sender, receiver, self.closing]
@@ -251,26 +250,15 @@ class Connection:
         await self.socket.send_data(text)
         metrics.MESSAGES_SENT.inc(count)
 
-    async def _send_loop(
-        self, subscriber: Subscriber, after: int, start: int, principal: Principal | None
-    ) -> None:
-        cursor = after
-        while cursor < start:
-            rows = await read_outbox(self.feed.pool, cursor, REPLAY_PAGE, start)
-            if not rows:
-                break
-            cursor = rows[-1][0]
-            items = [item_of(row[0], row[2]) for row in rows]
-            chosen = [
-                i.wire
-                for i in items
-                if subscriber.filters.matches(i)
-                and (i.type != "mint_status" or i.requester == subscriber.subject)
-            ]
-            if chosen:
-                await self._send("\n".join(chosen), cursor, len(chosen))
-        self.position = max(after, start)
-        await self._send(control(Live(str(self.position), principal is not None)), self.position, 0)
+    async def _send_loop(self, subscriber: Subscriber, after: int, start: int) -> None:
+        if after < start:
+            async for items, _ in outbox_items(self.feed.pool, after, REPLAY_PAGE, start):
+                chosen = [i.wire for i in items if subscriber.accepts(i)]
+                if chosen:
+                    await self._send("\n".join(chosen), items[-1].seq, len(chosen))
+        self.position = subscriber.floor  # max(after, start): replayed or skipped up to here
+        authenticated = subscriber.subject is not None
+        await self._send(control(Live(str(self.position), authenticated)), self.position, 0)
         self._last_heartbeat = asyncio.get_running_loop().time()  # `live` counts as the first
         heartbeat = self.settings.ws_heartbeat
         loop = asyncio.get_running_loop()

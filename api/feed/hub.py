@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -31,6 +32,21 @@ from db.outbox import outbox_bounds, read_outbox
 
 log = logging.getLogger("discograph.feed")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def outbox_items(
+    db: asyncpg.Connection | asyncpg.Pool, after: int, page: int, until: int | None = None
+) -> AsyncIterator[tuple[list[Item], datetime]]:
+    """Committed rows after `after` (up to `until`) as wire items, a page at a time, with the
+    transaction time of each page's last row; ends at the first short page."""
+    while True:
+        rows = await read_outbox(db, after, page, until)
+        if not rows:
+            return
+        yield [item_of(row[0], row[2]) for row in rows], rows[-1][3]
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
 
 
 class Subscriber:
@@ -65,12 +81,16 @@ class Subscriber:
         self.queued = 0
         self.wake = asyncio.Event()
 
-    def wants(self, item: Item) -> bool:
-        if item.seq <= self.floor:
-            return False
+    def accepts(self, item: Item) -> bool:
+        """Whether the message is for this connection: its filters, and only its own
+        `mint_status` events (anonymous connections get none)."""
         if item.type == "mint_status" and (self.subject is None or item.requester != self.subject):
             return False
         return self.filters.matches(item)
+
+    def wants(self, item: Item) -> bool:
+        """`accepts`, for a live row (rows at or below the floor come through the replay)."""
+        return item.seq > self.floor and self.accepts(item)
 
     def offer(self, frame: str | None, last_seq: int, count: int) -> None:
         if self.overflowed:
@@ -184,14 +204,9 @@ class FeedHub:
 
     async def _read_until(self, until: int | None) -> None:
         assert self.position is not None
-        while True:
-            rows = await read_outbox(self.pool_of(), self.position, self.page, until)
-            if not rows:
-                return
-            metrics.CATCH_UP_ROWS.inc(len(rows))
-            self._fan_out([item_of(row[0], row[2]) for row in rows])
-            if len(rows) < self.page:
-                return
+        async for items, _ in outbox_items(self.pool_of(), self.position, self.page, until):
+            metrics.CATCH_UP_ROWS.inc(len(items))
+            self._fan_out(items)
 
     def _fan_out(self, items: list[Item]) -> None:
         last = items[-1].seq

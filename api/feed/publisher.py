@@ -21,10 +21,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.feed import metrics
-from api.feed.hub import DB_ERRORS
-from api.feed.messages import Item, encode_items, item_of
+from api.feed.hub import DB_ERRORS, outbox_items
+from api.feed.messages import Item, encode_items
 from db.locks import FEED_PUBLISHER_LOCK_ID, OUTBOX_CHANNEL
-from db.outbox import outbox_bounds, read_outbox
+from db.outbox import outbox_bounds
 
 log = logging.getLogger("discograph.feed")
 
@@ -93,16 +93,10 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(committed.wait(), self.poll)
                 committed.clear()
-                while True:
-                    rows = await read_outbox(conn, published, self.page)
-                    if not rows:
-                        break
-                    items = [item_of(row[0], row[2]) for row in rows]
+                async for items, began in outbox_items(conn, published, self.page):
                     await self._publish(published, items)
-                    metrics.PUBLISH_LAG.observe(max(0.0, time.time() - rows[-1][3].timestamp()))
+                    metrics.PUBLISH_LAG.observe(max(0.0, time.time() - began.timestamp()))
                     published = items[-1].seq
-                    if len(rows) < self.page:
-                        break
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
