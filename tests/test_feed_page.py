@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from tests.test_api_writes import ADMIN, album_body, bearer, token
 from tests.test_feed import emitter, served_api  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
+# The committed screenshot; a run rewrites it only when asked (UPDATE_SCREENSHOT=1), so that
+# `make test` leaves the work tree as it found it.
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "feed-page.png"
 CHROMIUM_ARGS = [
     "--headless",
@@ -87,7 +90,9 @@ async def test_the_live_page_shows_albums_and_the_feed_with_reorgs_finality_and_
     emitter: Emitter,
     album_contract: str,
     dev_signers: list[Signer],
+    tmp_path: Path,
 ) -> None:
+    screenshot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"
     settings = indexer_settings(
         rpc.url, ALBUM_CONTRACT=album_contract, EXTRA_CONTRACTS=emitter.contract
     )
@@ -150,7 +155,7 @@ async def test_the_live_page_shows_albums_and_the_feed_with_reorgs_finality_and_
                 "#feed tbody tr.final td.kind", "c => getComputedStyle(c, '::after').content"
             )
             assert "✓" in badge
-            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            await page.screenshot(path=str(screenshot), full_page=True)
             before = len(await rows(page))
 
         # The API goes away: the page says so, then resumes from its cursor when it is back.
