@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Literal
 
 import msgspec
+from litestar.exceptions import HTTPException
 
+from api import params
 from discograph.encoding import checksum_address, parse_address
 
 # Close codes (README "Websocket feed"): 4xxx mirror the HTTP status they resemble.
@@ -29,7 +30,6 @@ CLOSE_CURSOR_GONE = 4410  # `since` is older than the retained outbox: re-sync f
 
 EVENT_TYPES = ("transfer", "mint", "metadata", "removed", "mint_status", "finalized")
 FILTERS = ("since", "contract", "token_id", "address", "album_id", "types")
-UINT256_MAX = 2**256 - 1
 
 
 class _Event(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
@@ -237,11 +237,10 @@ def parse_query(query: Mapping[str, list[str]]) -> tuple[int | None, Filters]:
         since = int(raw)
     token_id = value.get("token_id")
     if token_id is not None:
-        if not (token_id.isascii() and token_id.isdigit()) or len(token_id) > 78:
-            raise BadRequest("token_id: must be a decimal uint256")
-        if int(token_id) > UINT256_MAX:
-            raise BadRequest("token_id: must be at most 2**256 - 1")
-        token_id = str(int(token_id))
+        try:
+            token_id = str(params.token_id("token_id", token_id))  # the read API's rule
+        except HTTPException as exc:
+            raise BadRequest(str(exc.detail)) from None
     album_id = value.get("album_id")
     if album_id is not None:
         try:
@@ -283,7 +282,6 @@ class Pong(ClientMessage, tag="pong"):
 
 
 _client_decoder = msgspec.json.Decoder(Auth | Ping | Pong)
-ClientKind = Literal["auth", "ping", "pong"]
 
 
 def parse_client_message(data: str | bytes) -> Auth | Ping | Pong:
