@@ -27,8 +27,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 BACKOFF_FIRST = 0.2  # seconds before the first reconnect; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 5.0
-# The server closes a connection that sent nothing for WS_IDLE_TIMEOUT (120 s). Heartbeats (and
-# our pongs) only flow when the feed is quiet, so on a busy feed we send a ping of our own.
+# The server closes a connection that sent nothing for WS_IDLE_TIMEOUT (120 s). Our pongs to
+# its heartbeats (every WS_HEARTBEAT, 20 s) keep us clear of that; a ping of our own after 30 s
+# of silence also covers a server whose heartbeat interval is longer than its idle timeout.
 KEEPALIVE = 30.0
 # Close codes after which reconnecting cannot help, and the exit code each gives.
 FATAL = {4400: 2, 4001: 2, 4003: 2, 1009: 2, 4410: 1}

@@ -242,8 +242,8 @@ async def test_a_busy_feed_is_kept_alive_without_heartbeats(
     emitter: Emitter,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Heartbeats go out only when the feed is quiet: on a busy one the watcher pings by itself
-    # (here every 0.3 s), or the server would close the connection as idle (4408).
+    # With heartbeats rarer than the idle timeout (a server set up that way), the watcher pings
+    # by itself (here every 0.3 s), or the server would close the connection as idle (4408).
     monkeypatch.setattr(watch_module, "KEEPALIVE", 0.3)
     async with indexing(database_url, rpc, emitter):
         with served_api(database_url, redis_url, WS_HEARTBEAT="3600", WS_IDLE_TIMEOUT="2.5") as api:
