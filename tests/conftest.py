@@ -224,7 +224,12 @@ def serve_api(app: Any, port: int | None = None) -> Iterator[str]:
     from discograph.processes import free_port
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    # Idle keep-alive connections outlive the test clients' own expiry (httpx: 5 s): with
+    # uvicorn's default 5 s, a request sent on a connection the server is closing at that very
+    # moment fails with a ReadError.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=30
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()
