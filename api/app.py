@@ -70,7 +70,11 @@ def _error(
 
 
 def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    return _error(HTTP_503_SERVICE_UNAVAILABLE, "database unavailable, retry shortly")
+    return _error(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "database unavailable, retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _retry(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
