@@ -191,12 +191,24 @@ class ChainDriver:
         await self._send(owner, contract, data)
         self.owners[(contract, token_id)] = to.address.lower()
 
-    async def random_activity(self, operations: int) -> None:
+    async def set_uri(self, key: tuple[str, int] | None = None) -> None:
+        """A metadata change: `setTokenURI` (the contract emits ERC-4906 `MetadataUpdate`)."""
+        contract, token_id = key or self.rng.choice(sorted(self.owners))
+        uri = f"ipfs://test/updated/{self.rng.getrandbits(64):016x}.json"
+        function = load_artifact("AlbumNFT").function("setTokenURI")
+        await self._send(self.minter, contract, encode_call(function, token_id, uri))
+
+    async def random_activity(self, operations: int, *, metadata: float = 0.0) -> None:
+        """`operations` transactions (one block each on automine): mints and transfers, and a
+        `metadata` share of URI changes."""
         for _ in range(operations):
-            if not self.owners or self.rng.random() < 0.5:
+            roll = self.rng.random()
+            if not self.owners or roll < 0.5 * (1 - metadata):
                 await self.mint()
-            else:
+            elif roll < 1 - metadata:
                 await self.transfer()
+            else:
+                await self.set_uri()
 
     def snapshot(self) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], uuid.UUID]]:
         return dict(self.owners), dict(self.albums)
