@@ -2,6 +2,11 @@
 
 The API only reads chain-derived rows and writes catalog rows; it holds no key and never
 talks to the chain (an import-linter contract keeps it so).
+
+With a read replica (`READ_DATABASE_URL`), the read routes (`READ_ROUTERS`) query it through
+`app.state.read_pool`, and the chain version every request carries is the replica's
+checkpoint; writes, `GET /mints/{id}`, idempotency keys, the feed and the probes stay on the
+primary (`app.state.pool`). Without one, `read_pool` is `pool`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ from api import idempotency
 from api.auth import jwt_auth
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
 from api.feed.service import Feed, events
-from api.freshness import CheckpointConnection, CheckpointReads, IndexedBlock
+from api.freshness import (
+    CheckpointConnection,
+    CheckpointReads,
+    IndexedBlock,
+    ReplicaIndexedBlock,
+)
 from api.middleware import ChainVersionMiddleware
 from api.ratelimit import AnonymousReadRateLimit, Limiter, SubjectRateLimit, limit_storage
 from api.routes import albums, health, nfts, page, status, writes
@@ -160,9 +170,18 @@ async def _prune_idempotency_keys(pool: asyncpg.Pool, every: float = 3600.0) -> 
 
 
 def create_app(
-    settings: Settings, database_url: str, *, cache_namespace: str = "discograph:responses"
+    settings: Settings,
+    database_url: str,
+    *,
+    read_database_url: str | None = None,
+    cache_namespace: str = "discograph:responses",
 ) -> Litestar:
-    """Build the app; the asyncpg pool opens in the app's lifespan (inside its loop)."""
+    """Build the app; the asyncpg pools open in the app's lifespan (inside its loop).
+
+    `read_database_url` (default: `settings.read_database_url`) is a streaming replica of
+    `database_url` for the read routes; None reads the primary.
+    """
+    replica_url = read_database_url or settings.read_database_url
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -171,9 +190,19 @@ def create_app(
             database_url, min_size=1, max_size=10, session_state=False
         )
         app.state.settings = settings
-        checkpoint_conn = CheckpointConnection(database_url)
+        if replica_url is None:
+            app.state.read_pool = app.state.pool
+            checkpoint_conn = CheckpointConnection(database_url)
+            app.state.indexed = IndexedBlock(database_url)
+        else:
+            # The version, `?min_block` and X-Indexed-Block all follow the replica's own
+            # checkpoint row, committed with the rows it describes: never ahead of its data.
+            app.state.read_pool = await create_pool(
+                replica_url, min_size=1, max_size=10, session_state=False
+            )
+            checkpoint_conn = CheckpointConnection(replica_url)
+            app.state.indexed = ReplicaIndexedBlock(database_url, replica_url)
         app.state.checkpoints = CheckpointReads(checkpoint_conn.fetch)
-        app.state.indexed = IndexedBlock(database_url)
         await app.state.indexed.start()
         pruning = asyncio.create_task(_prune_idempotency_keys(app.state.pool))
         await feed.start(app.state.pool)
@@ -186,6 +215,8 @@ def create_app(
                 await pruning
             await app.state.indexed.stop()
             await checkpoint_conn.close()
+            if app.state.read_pool is not app.state.pool:
+                await app.state.read_pool.close()
             await app.state.pool.close()
 
     feed = Feed(settings, database_url, settings.redis_url)

@@ -4,6 +4,11 @@ wake on them instead of polling the database in a tight loop.
 One LISTEN connection per API process follows `discograph_checkpoint` (sent inside each
 indexer transaction, so it arrives when the rows are visible); a slow poll covers missed
 notifications and reconnects.
+
+With a read replica (`READ_DATABASE_URL`) the block that counts is the one the replica has
+replayed, not the one the primary announced: `ReplicaIndexedBlock` takes the primary's
+notification as a hint only, then looks at the replica every few milliseconds until it has
+caught up.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -95,6 +101,129 @@ class IndexedBlock:
             except TimeoutError:
                 return False
         return True
+
+
+def _position(view: asyncpg.Record) -> tuple[int, int]:
+    """Where a checkpoint stands in commit order: a rollback raises `rollbacks` (and may lower
+    the block), so (rollbacks, block) only grows from one indexer commit to the next."""
+    return int(view["rollbacks"]), int(view["block_number"])
+
+
+class ReplicaIndexedBlock(IndexedBlock):
+    """The latest block a streaming replica has replayed, and waiting for a given one.
+
+    Replicas cannot LISTEN, and a notification from the primary only says that the replica
+    will have the block soon. So: LISTEN on the primary (plus a slow poll of its checkpoint,
+    for missed notifications) to learn the newest commit; after each one, read the replica's
+    checkpoint every `chase_every` seconds until it has replayed that commit (for at most
+    `chase_for` seconds: a replica whose replay stopped is left to the slow poll). `block`
+    only ever reports what the replica's checkpoint row says.
+    """
+
+    def __init__(
+        self,
+        primary_dsn: str,
+        replica_dsn: str,
+        *,
+        poll: float = 1.0,
+        chase_every: float = 0.015,
+        chase_for: float = 10.0,
+    ) -> None:
+        super().__init__(replica_dsn, poll=poll)
+        self.primary_dsn = primary_dsn
+        self.chase_every = chase_every
+        self.chase_for = chase_for
+        self.primary_block = -1  # the newest block the primary committed, as far as we know
+        self._announced: tuple[int, int] | None = None  # its (rollbacks, block)
+        self._replayed: tuple[int, int] | None = None  # the replica's (rollbacks, block)
+        self._chase_until = 0.0
+        self._news = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()  # the replica's block now, then `_follow` tracks it
+        self._listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await super().stop()
+
+    def _announce(self, position: tuple[int, int], *, polled: bool = False) -> None:
+        """A commit on the primary. Notifications only move forward; the poll tells the truth
+        (after a `discograph reindex` the position starts over)."""
+        known = self._announced
+        if known is not None and (position == known or (position < known and not polled)):
+            return
+        self._announced = position
+        self.primary_block = position[1]
+        if self._replayed is None or self._replayed < position:
+            self._chase_until = time.monotonic() + self.chase_for
+            self._news.set()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        parts = payload.split(":")  # "<chain_id>:<block>:<hash>:<rollbacks>"
+        try:
+            self._announce((int(parts[3]), int(parts[1])))
+        except (IndexError, ValueError):
+            return
+
+    async def _listen(self) -> None:
+        """The primary's commits: notifications, and a slow poll for missed ones."""
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.primary_dsn)
+                await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                while True:
+                    view = await chain_view(conn)
+                    if view is not None:
+                        self._announce(_position(view), polled=True)
+                    await asyncio.sleep(self.poll)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "primary checkpoint listener lost, retrying", extra={"error": repr(exc)}
+                )
+                await asyncio.sleep(self.poll)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def _follow(self) -> None:
+        """The replica's checkpoint: quickly while it is behind an announced commit, else
+        slowly (or at the next announcement)."""
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                while True:
+                    self._news.clear()  # news arriving during the read is kept for the wait
+                    view = await chain_view(conn)
+                    if view is not None:
+                        self._replayed = _position(view)
+                        await self._set(int(view["block_number"]))
+                    behind = self._announced is not None and (
+                        self._replayed is None or self._replayed < self._announced
+                    )
+                    if behind and time.monotonic() < self._chase_until:
+                        await asyncio.sleep(self.chase_every)
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._news.wait(), self.poll)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("replica checkpoint reader lost, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(self.poll)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
 
 
 class CheckpointReads:

@@ -5,6 +5,10 @@ honour `?min_block` (read-your-writes). The version is read from the checkpoint 
 request (one primary-key lookup, shared by concurrent requests through `CheckpointReads`): once
 the indexer has committed a block, no request — on any replica — uses a cache key of an older
 version, so no answer older than that commit is served.
+
+With a read replica (`READ_DATABASE_URL`), `checkpoints` and `indexed` both read the replica's
+checkpoint row, which it replays in the same transaction as the rows it describes: the version,
+`?min_block` and X-Indexed-Block never claim a block the replica has not replayed yet.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 One process serves one core. With N workers:
 - each worker builds the app itself (`app_factory`, from the environment the supervisor
-  prepared: its settings and the database URL, embedded or configured);
+  prepared: its settings and the database URL, embedded or configured, and the read replica's
+  `READ_DATABASE_URL` when set);
 - Prometheus runs in multi-process mode (`PROMETHEUS_MULTIPROC_DIR`, a folder the supervisor
   creates and removes), so `/metrics` on any worker reports the sum of all of them;
 - the shared listening socket is labelled IPPROTO_TCP, so accepted connections get TCP_NODELAY
@@ -35,7 +36,7 @@ def app_factory() -> Litestar:
     die_with_parent()
     settings = load_settings(env_file=os.environ.get(ENV_FILE_VARIABLE) or None)
     assert settings.database_url is not None  # the supervisor set it
-    return create_app(settings, settings.database_url)
+    return create_app(settings, settings.database_url, read_database_url=settings.read_database_url)
 
 
 def tcp_socket(sock: socket.socket) -> socket.socket:

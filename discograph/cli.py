@@ -119,14 +119,21 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     from api.app import create_app
 
+    if settings.read_database_url and not settings.database_url:
+        raise ConfigError("READ_DATABASE_URL is a replica of DATABASE_URL: set DATABASE_URL too")
     with _database(settings) as dsn:
 
         async def reachable() -> None:
-            pool = await create_pool(dsn, max_size=1)  # a clear error now, not a traceback later
-            await pool.close()
+            # A clear error now, not a traceback later.
+            for url in (dsn, settings.read_database_url):
+                if url:
+                    pool = await create_pool(url, max_size=1)
+                    await pool.close()
 
         asyncio.run(reachable())
         where = f"http://{settings.http_host}:{settings.http_port}"
+        if settings.read_database_url:
+            print(f"reads from the replica {redact_url(settings.read_database_url)}")
         if args.workers > 1:
             from discograph.apiserver import serve_workers
 

@@ -86,7 +86,6 @@ def start_postgres(
     data_dir.mkdir(parents=True, exist_ok=True)
     user = _prepare_for_system_user(data_dir)
     bin_dir = _pg_bin()
-    log_path = data_dir.parent / f"{data_dir.name}.log"
     if not (data_dir / "PG_VERSION").exists():
         result = subprocess.run(
             [
@@ -107,6 +106,15 @@ def start_postgres(
         )
         if result.returncode != 0:
             raise ServiceStartError(f"initdb failed in {data_dir}:\n{result.stderr[-2000:]}")
+    return _run_postgres(data_dir, user, durable=durable, timeout=timeout, port=port)
+
+
+def _run_postgres(
+    data_dir: Path, user: str | None, *, durable: bool, timeout: float, port: int | None
+) -> EmbeddedPostgres:
+    """Start `postgres` on an initialised (or base-backed-up) `data_dir` and wait for it."""
+    bin_dir = _pg_bin()
+    log_path = data_dir.parent / f"{data_dir.name}.log"
     host, port = "127.0.0.1", port or free_port()
     argv = [
         str(bin_dir / "postgres"),
@@ -138,6 +146,55 @@ def start_postgres(
 
     process.wait_until(ready, timeout, "accepting connections")
     return EmbeddedPostgres(host=host, port=port, data_dir=data_dir, process=process)
+
+
+def start_standby(
+    primary: EmbeddedPostgres,
+    data_dir: Path,
+    *,
+    durable: bool = True,
+    timeout: float = 60.0,
+    port: int | None = None,
+) -> EmbeddedPostgres:
+    """A hot standby of `primary`: a streaming replica that answers read-only queries.
+
+    `pg_basebackup -R -X stream` copies the primary into `data_dir` (which must be empty or
+    absent) and writes the standby settings (`standby.signal`, `primary_conninfo`); the
+    standby then replays the primary's WAL as it streams in. `initdb --auth=trust` already lets
+    loopback replication connections in, and `wal_level=replica` is the default.
+    """
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if any(data_dir.iterdir()):
+        raise ServiceStartError(f"the standby folder {data_dir} is not empty")
+    user = _prepare_for_system_user(data_dir)
+    data_dir.chmod(0o700)  # postgres refuses a data folder others can read
+    result = subprocess.run(
+        [
+            str(_pg_bin() / "pg_basebackup"),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-D",
+            str(data_dir),
+            "-h",
+            primary.host,
+            "-p",
+            str(primary.port),
+            "-U",
+            PG_SUPERUSER,
+        ],
+        user=user,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise ServiceStartError(f"pg_basebackup failed into {data_dir}:\n{result.stderr[-2000:]}")
+    return _run_postgres(data_dir, user, durable=durable, timeout=timeout, port=port)
 
 
 @dataclass

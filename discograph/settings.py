@@ -29,6 +29,8 @@ _RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\
 _LIST_VARS = frozenset({"RPC_URL", "EXTRA_CONTRACTS", "WS_ALLOWED_ORIGINS"})
 # A duration: seconds, or a number with a unit (s, m, h, d): "604800", "7d", "12h".
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+# Single URLs that may carry a password: `repr` redacts them.
+_URL_FIELDS = frozenset({"database_url", "read_database_url", "redis_url", "rpc_ws_url"})
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -82,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """Every setting of DESIGN.md; attribute `rpc_url` is variable `RPC_URL` and so on."""
 
     database_url: str | None = None
+    read_database_url: str | None = None
     redis_url: str | None = None
     rpc_url: tuple[str, ...] = ()
     rpc_ws_url: str | None = None
@@ -132,6 +135,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             raise ConfigError("RPC_WS_URL must be a ws:// or wss:// URL")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+        if self.read_database_url and not self.read_database_url.startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise ConfigError("READ_DATABASE_URL must be a postgresql:// URL")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL")
         if self.album_contract is not None:
@@ -173,7 +180,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         shown = []
         for field in self.__struct_fields__:
             value = getattr(self, field)
-            if field in ("database_url", "redis_url", "rpc_ws_url") and value:
+            if field in _URL_FIELDS and value:
                 value = redact_url(value)
             elif field == "rpc_url":
                 value = tuple(redact_url(url) for url in value)

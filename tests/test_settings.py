@@ -15,6 +15,7 @@ KEY = "0x" + "ab" * 32
 def test_defaults_without_any_variable() -> None:
     settings = load_settings({}, env_file=None)
     assert settings.database_url is None
+    assert settings.read_database_url is None  # the API reads the primary
     assert settings.confirmations == 12
     assert settings.reorg_window == 128
     assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8000)
@@ -62,6 +63,7 @@ def test_environment_wins_over_env_file(tmp_path: Path) -> None:
         ("RPC_URL", "ftp://node"),
         ("RPC_WS_URL", "http://node"),
         ("DATABASE_URL", "mysql://x"),
+        ("READ_DATABASE_URL", "mysql://replica"),
         ("REDIS_URL", "memcached://x"),
         ("ALBUM_CONTRACT", "0x1234"),
         ("EXTRA_CONTRACTS", "0x5FbDB2315678afecb367f032d93F642f64180aa3,nope"),
@@ -87,13 +89,21 @@ def test_secrets_never_print() -> None:
             "MINTER_PRIVATE_KEY": KEY,
             "JWT_SECRET": "s3cr3t-jwt-value",
             "DATABASE_URL": "postgresql://app:pg-password@db:5432/discograph",
+            "READ_DATABASE_URL": "postgresql://app:replica-password@replica:5432/discograph",
             "REDIS_URL": "redis://:redis-password@cache:6379/0",
             "RPC_URL": "https://node.example/v3?apikey=rpc-api-key",
         },
         env_file=None,
     )
     shown = repr(settings) + str(settings)
-    for secret in (KEY[2:], "s3cr3t-jwt-value", "pg-password", "redis-password", "rpc-api-key"):
+    for secret in (
+        KEY[2:],
+        "s3cr3t-jwt-value",
+        "pg-password",
+        "replica-password",
+        "redis-password",
+        "rpc-api-key",
+    ):
         assert secret not in shown
     assert "***" in shown
     assert settings.minter_private_key is not None

@@ -109,7 +109,7 @@ async def _page(
 ) -> AlbumPage:
     size = params.limit(limit)
     after = _decode_album_cursor(cursor)
-    async with request.app.state.pool.acquire() as conn:
+    async with request.app.state.read_pool.acquire() as conn:
         if artist_id is not None and not await catalog_reads.artist_exists(conn, artist_id):
             raise NotFoundException(detail=f"artist {artist_id} not found")
         # One row more than the page tells whether there is a next page.
@@ -128,7 +128,7 @@ async def _album_row(
     """The album of a `/albums/{album_id}…` route, or the 400 / 404 that says why not."""
     params.reject_unknown(request.query_params, ONE_PARAMS)
     key = params.album_id("album_id", album_id)
-    row = await catalog_reads.album(request.app.state.pool, key)
+    row = await catalog_reads.album(request.app.state.read_pool, key)
     if row is None:
         raise NotFoundException(detail=f"album {key} not found")
     return key, row
@@ -164,7 +164,9 @@ class AlbumController(Controller):
         album_id: str = UuidParam,
     ) -> Album:
         _, row = await _album_row(request, album_id)
-        (album,) = await assemble_albums(request.app.state.pool, [row], request.state.chain_view)
+        (album,) = await assemble_albums(
+            request.app.state.read_pool, [row], request.state.chain_view
+        )
         return album
 
 
@@ -202,7 +204,7 @@ class AlbumMetadataController(Controller):
         self, request: Request[Any, Any, Any], album_id: str = UuidParam
     ) -> AlbumMetadata:
         key, row = await _album_row(request, album_id)
-        tracks = await catalog_reads.tracks_of(request.app.state.pool, [key])
+        tracks = await catalog_reads.tracks_of(request.app.state.read_pool, [key])
         extra = msgspec.json.decode(row["metadata"])
         base = request.app.state.settings.public_base_url()
         description = extra.get("description") if isinstance(extra, dict) else None

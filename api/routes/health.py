@@ -15,6 +15,8 @@ from db.reads import chain_view
 
 # The active indexer touches its checkpoint at least every POLL_INTERVAL (default 1 s).
 INDEXER_SILENCE = 60.0
+REPLICA_BLOCK_HEADER = "X-Replica-Indexed-Block"
+REPLICA_LAG_HEADER = "X-Replica-Lag-Blocks"
 
 
 class HealthController(Controller):
@@ -55,11 +57,31 @@ class HealthController(Controller):
                 Health("unavailable", True, indexed, lag, f"indexer lags more than {max_lag}"),
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
             )
+        headers: dict[str, str] = {}
+        degraded: list[str] = []
+        if request.app.state.read_pool is not request.app.state.pool:
+            try:
+                replica = await chain_view(request.app.state.read_pool)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                return Response(
+                    Health("unavailable", True, indexed, lag, "read replica unreachable"),
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                )
+            replayed = int(replica["block_number"]) if replica is not None else -1
+            behind = max(indexed - replayed, 0)
+            headers = {REPLICA_BLOCK_HEADER: str(replayed), REPLICA_LAG_HEADER: str(behind)}
+            if behind > max_lag:
+                # Reads still answer, stamped with the replica's block (and `?min_block`
+                # waits): say it, without taking the process out of rotation.
+                degraded.append(f"read replica {behind} blocks behind the primary")
         cache = request.app.stores.get(CACHE_STORE)
         if isinstance(cache, FailSoftStore) and not cache.healthy:
             # Still serving (from Postgres): ready, but say the cache is out.
+            degraded.append("response cache (Redis) unavailable")
+        if degraded:
             return Response(
-                Health("degraded", True, indexed, lag, "response cache (Redis) unavailable"),
+                Health("degraded", True, indexed, lag, "; ".join(degraded)),
                 status_code=HTTP_200_OK,
+                headers=headers,
             )
-        return Response(Health("ok", True, indexed, lag), status_code=HTTP_200_OK)
+        return Response(Health("ok", True, indexed, lag), status_code=HTTP_200_OK, headers=headers)

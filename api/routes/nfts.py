@@ -207,7 +207,7 @@ class NftController(Controller):
         chain_id = _chain_id(request)
         row = None
         if chain_id is not None:
-            row = await chain_reads.nft(request.app.state.pool, chain_id, where, token, as_of)
+            row = await chain_reads.nft(request.app.state.read_pool, chain_id, where, token, as_of)
         if row is None or chain_id is None:
             raise NotFoundException(detail=f"no token {token} of {contract} (yet)")
         return _nft(row, chain_id, finality_rule(request.state.chain_view))
@@ -234,7 +234,7 @@ class NftController(Controller):
         if chain_id is None:
             return TransferPage(items=[], next_cursor=None)
         rows = await chain_reads.token_transfers(
-            request.app.state.pool, chain_id, where, token, before=before, limit=size + 1
+            request.app.state.read_pool, chain_id, where, token, before=before, limit=size + 1
         )
         return _transfer_page(rows, size, request.state.chain_view)
 
@@ -271,7 +271,12 @@ class OwnerController(Controller):
         if chain_id is None:
             return NftPage(items=[], next_cursor=None)
         rows = await chain_reads.owner_nfts(
-            request.app.state.pool, chain_id, owner, at_block=as_of, after=after, limit=size + 1
+            request.app.state.read_pool,
+            chain_id,
+            owner,
+            at_block=as_of,
+            after=after,
+            limit=size + 1,
         )
         next_cursor = None
         if len(rows) > size:
@@ -321,7 +326,7 @@ class TransferController(Controller):
         if chain_id is None:
             return TransferPage(items=[], next_cursor=None)
         rows = await chain_reads.transfers(
-            request.app.state.pool,
+            request.app.state.read_pool,
             chain_id,
             contract=where,
             address=who,
@@ -371,7 +376,7 @@ class HolderController(Controller):
         if chain_id is None:
             return HolderPage(items=[], next_cursor=None)
         async with (
-            request.app.state.pool.acquire() as conn,
+            request.app.state.read_pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             # The rows and the block they reflect come from one snapshot.

@@ -26,7 +26,7 @@ class StatusController(Controller):
                 kind=str(r["kind"]),
                 start_block=int(r["start_block"]),
             )
-            for r in await followed_contracts(request.app.state.pool)
+            for r in await followed_contracts(request.app.state.read_pool)
         ]
         if view is None:
             return Status(None, None, None, None, None, None, None, None, None, contracts)
