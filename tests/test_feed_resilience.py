@@ -10,10 +10,8 @@ import json
 import os
 import socket
 import struct
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +21,10 @@ from websockets.asyncio.client import connect
 from chain.rpc import RpcClient
 from db.engine import migrate, with_database
 from discograph.embedded import start_postgres, start_valkey
-from discograph.processes import ChildProcess, free_port
-from tests.conftest import api_env
 from tests.feeding import Emitter, feed_client, ws_url
 from tests.indexing import indexer_settings, live_indexer, wait_synced
+from tests.stack import api_process
 from tests.test_feed import emitter, indexing, outbox_seqs, served_api  # noqa: F401
-
-
-@contextlib.contextmanager
-def api_process(
-    database_url: str, redis_url: str, folder: Path, **extra: str
-) -> Iterator[tuple[str, ChildProcess]]:
-    """`discograph api` as its own process on a free port."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(api_env(database_url, REDIS_URL=redis_url, HTTP_PORT=str(port), **extra))
-    env.setdefault("LOG_LEVEL", "WARNING")
-    command = [str(Path(sys.executable).parent / "discograph"), "api"]
-    process = ChildProcess(
-        f"api-{port}", command, log_path=folder / f"api-{port}.log", env=env, cwd=folder
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def live() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/health/live", timeout=1) as answer:  # noqa: S310
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    try:
-        process.wait_until(live, 30, "answering /health/live")
-        yield url, process
-    finally:
-        process.stop()
 
 
 def rss_mib(pid: int) -> float:

@@ -9,11 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +22,6 @@ from chain.rpc import RpcClient
 from chain.signer import Signer
 from db.engine import create_pool
 from discograph.localchain import ANVIL_CHAIN_ID, Anvil
-from discograph.settings import Settings
 from indexer.decode import Transfer
 from indexer.errors import LeaseLost
 from indexer.lease import Lease, lock_key
@@ -35,7 +30,6 @@ from indexer.projection import Batch
 from indexer.service import run_indexer
 from indexer.source import Header
 from indexer.store import Store
-from tests.conftest import REPO_ROOT
 from tests.indexing import (
     ChainDriver,
     index_to_head,
@@ -43,35 +37,11 @@ from tests.indexing import (
     projection,
     wait_synced,
 )
+from tests.stack import CliProcess, cli_env
 
 SEED = 20261128
-SETTINGS_VARS = {name.upper() for name in Settings.__struct_fields__}
 STANDBY = "hot standby"
 TOOK_OVER = "took over as the active indexer"
-
-
-class Indexer:
-    """A `discograph index` subprocess with its output in a file (stopped by the test)."""
-
-    def __init__(self, name: str, env: dict[str, str], cwd: Path) -> None:
-        self.name = name
-        self.log = cwd / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "discograph.cli", "index"],
-                env=env,
-                cwd=cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(10)
 
 
 async def _checkpoint(database_url: str) -> int:
@@ -114,18 +84,15 @@ async def test_a_standby_indexer_waits_then_takes_over_when_the_active_one_is_ki
     await driver.random_activity(15)
     await rpc.call("anvil_mine", ["0x50"])
     await driver.random_activity(5)
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
-    env.update(
+    env = cli_env(
         DATABASE_URL=database_url,
         RPC_URL=anvil.rpc_url,
         ALBUM_CONTRACT=album,
         CONFIRMATIONS="0",
         POLL_INTERVAL="0.05",
-        METRICS_PORT="0",
         LOG_LEVEL="INFO",  # the standby announces itself at INFO
-        PYTHONPATH=str(REPO_ROOT),
     )
-    indexers = [Indexer(name, env, tmp_path) for name in ("first", "second")]
+    indexers = [CliProcess(name, "index", env, tmp_path) for name in ("first", "second")]
     try:
         await _until(
             lambda: any(STANDBY in i.output() for i in indexers), 20, "one indexer in standby"
