@@ -16,6 +16,7 @@ import time
 from collections import Counter
 
 import asyncpg
+import pytest
 
 from chain.rpc import RpcClient
 from chain.signer import Signer
@@ -82,6 +83,7 @@ async def _fresh_index(database_url: str, settings: object) -> None:
     await index_to_head(database_url, settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(max(300, ROUNDS * 10))  # the full 1,000 rounds take about an hour
 async def test_random_reorgs_leave_the_projection_equal_to_a_fresh_index(
     anvil: Anvil,
     rpc: RpcClient,
