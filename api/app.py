@@ -190,9 +190,11 @@ def create_app(
             database_url, min_size=1, max_size=10, session_state=False
         )
         app.state.settings = settings
+        primary_conn = CheckpointConnection(database_url)
+        app.state.primary_checkpoints = None  # used only when a replica does not answer
         if replica_url is None:
             app.state.read_pool = app.state.pool
-            checkpoint_conn = CheckpointConnection(database_url)
+            checkpoint_conn = primary_conn
             app.state.indexed = IndexedBlock(database_url)
         else:
             # The version, `?min_block` and X-Indexed-Block all follow the replica's own
@@ -201,6 +203,7 @@ def create_app(
                 replica_url, min_size=1, max_size=10, session_state=False
             )
             checkpoint_conn = CheckpointConnection(replica_url)
+            app.state.primary_checkpoints = CheckpointReads(primary_conn.fetch)
             app.state.indexed = ReplicaIndexedBlock(database_url, replica_url)
         app.state.checkpoints = CheckpointReads(checkpoint_conn.fetch)
         await app.state.indexed.start()
@@ -215,6 +218,7 @@ def create_app(
                 await pruning
             await app.state.indexed.stop()
             await checkpoint_conn.close()
+            await primary_conn.close()
             if app.state.read_pool is not app.state.pool:
                 await app.state.read_pool.close()
             await app.state.pool.close()

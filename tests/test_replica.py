@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from api.app import create_app
+from api.auth import issue_token
 from api.freshness import ReplicaIndexedBlock
 from chain.rpc import RpcClient
 from chain.signer import Signer
@@ -79,6 +80,11 @@ def api(primary_url: str, redis_url: str, replica_url: str | None = None) -> Ite
     )
     with serve_api(app) as url:
         yield url
+
+
+def token_for(subject: str) -> str:
+    settings = load_settings(api_env("postgresql://unused/db"), env_file=None)
+    return issue_token(settings, subject=subject, role="artist")
 
 
 def indexed(response: httpx.Response) -> int:
@@ -176,6 +182,21 @@ async def test_reads_come_from_the_replica_and_never_claim_a_block_it_has_not_re
                 assert after.status_code == 200
                 assert indexed(after) >= written
                 assert after.json()["owner"] == new_owner.address
+
+                # Replica down: its reads fail with a retryable 503; what the primary serves
+                # (GET /mints/{id}, the writes) keeps working, and the process stays ready.
+                await asyncio.to_thread(standby.stop)
+                down = await client.get(f"/owners/{new_owner.address}/nfts")
+                assert down.status_code == 503, down.text
+                assert down.headers["retry-after"] == "1"
+                bearer = {"Authorization": f"Bearer {token_for(str(uuid.uuid4()))}"}
+                mint = await client.get(f"/mints/{uuid.uuid4()}", headers=bearer)
+                assert mint.status_code == 404, mint.text  # answered from the primary
+                assert indexed(mint) >= written
+                ready = await client.get("/health/ready")
+                assert ready.status_code == 200
+                assert ready.json()["status"] == "degraded"
+                assert "read replica unreachable" in ready.json()["detail"]
 
 
 async def test_the_replica_tracker_wakes_on_the_primary_and_waits_for_replay(

@@ -60,20 +60,19 @@ class HealthController(Controller):
         headers: dict[str, str] = {}
         degraded: list[str] = []
         if request.app.state.read_pool is not request.app.state.pool:
+            # Every API process shares the replica: taking them all out of rotation would not
+            # help its readers, and would stop the writes, which do not need it. Say it.
             try:
                 replica = await chain_view(request.app.state.read_pool)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                return Response(
-                    Health("unavailable", True, indexed, lag, "read replica unreachable"),
-                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
-                )
-            replayed = int(replica["block_number"]) if replica is not None else -1
-            behind = max(indexed - replayed, 0)
-            headers = {REPLICA_BLOCK_HEADER: str(replayed), REPLICA_LAG_HEADER: str(behind)}
-            if behind > max_lag:
-                # Reads still answer, stamped with the replica's block (and `?min_block`
-                # waits): say it, without taking the process out of rotation.
-                degraded.append(f"read replica {behind} blocks behind the primary")
+                degraded.append("read replica unreachable")
+            else:
+                replayed = int(replica["block_number"]) if replica is not None else -1
+                behind = max(indexed - replayed, 0)
+                headers = {REPLICA_BLOCK_HEADER: str(replayed), REPLICA_LAG_HEADER: str(behind)}
+                if behind > max_lag:
+                    # Reads still answer, stamped with the replica's (older) block.
+                    degraded.append(f"read replica {behind} blocks behind the primary")
         cache = request.app.stores.get(CACHE_STORE)
         if isinstance(cache, FailSoftStore) and not cache.healthy:
             # Still serving (from Postgres): ready, but say the cache is out.
