@@ -244,6 +244,11 @@ def create_app(
             asyncpg.SerializationError: _retry,
             asyncpg.CheckViolationError: _constraint,
             asyncpg.PostgresConnectionError: _database_down,
+            # 57xxx: shutting down, starting up ("cannot connect now"), statement timeout;
+            # 53xxx: too many connections, disk full, out of memory. Retrying helps; a 500 would
+            # claim a bug (both seen while Postgres restarted under load: bench/soak.py).
+            asyncpg.OperatorInterventionError: _database_down,
+            asyncpg.InsufficientResourcesError: _database_down,
             asyncpg.InterfaceError: _database_down,
             OSError: _database_down,
             HTTPException: _unexpected,

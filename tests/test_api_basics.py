@@ -55,3 +55,31 @@ async def test_unknown_route_is_a_json_404(api_client: Any) -> None:
     response = await api_client.get("/no/such/route")
     assert response.status_code == 404
     assert response.json()["status_code"] == 404
+
+
+async def test_a_statement_timeout_is_a_503_with_retry_after_not_a_500(database_url: str) -> None:
+    """Postgres cancelling a read (57014, the class of "shutting down" and "cannot connect
+    now" too) is a retryable 503, never a 500 that would claim a bug."""
+    import asyncpg
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+    from discograph.settings import load_settings
+    from tests.conftest import api_env
+
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(
+            f"ALTER DATABASE \"{database_url.rsplit('/', 1)[1]}\" SET statement_timeout = '300ms'"
+        )
+        settings = load_settings(api_env(database_url), env_file=None)
+        async with AsyncTestClient(app=create_app(settings, database_url)) as client:
+            async with admin.transaction():
+                await admin.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
+                response = await client.get("/status")
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["detail"] == "database unavailable, retry shortly"
+            assert (await client.get("/status")).status_code == 200  # the lock is gone
+    finally:
+        await admin.close()
