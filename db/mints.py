@@ -16,8 +16,14 @@ MINT_COLUMNS = (
     "id, album_id, requester, to_address, token_uri, idempotency_key, status, remint,"
     " chain_id, contract, signer, nonce, tx_hash, block_number, block_hash, token_id, error,"
     " attempts,"
-    " submitted_at, created_at, updated_at"
+    " submitted_at, final_at, created_at, updated_at"
 )
+
+# A request that holds its album (the partial unique index `ux_mint_requests_one_live_per_album`
+# says the same): any that is not a re-mint, unless it failed for good. A mint that reverted on
+# chain is `failed` at once, but a reorg may still drop the revert and the transaction sent again
+# may succeed, so it holds the album until its block is final (`final_at`).
+HOLDS_ALBUM = "NOT remint AND (status <> 'failed' OR final_at IS NULL)"
 
 
 async def insert_mint_request(

@@ -251,6 +251,9 @@ mint_requests = Table(
     Column("error", Text, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("submitted_at", DateTime(timezone=True), nullable=True),
+    # When the outcome became final: `finalized`, or `failed` for good (a revert once its block
+    # is final). NULL while the chain may still change it. Migration 0008.
+    Column("final_at", DateTime(timezone=True), nullable=True),
     _created_at(),
     _updated_at(),
     CheckConstraint(_in("status", MINT_STATUSES), name="status_known"),
@@ -267,12 +270,13 @@ mint_requests = Table(
         postgresql_where=text("nonce IS NOT NULL"),
     ),
     # One live mint per album, whatever the races: a second one (not an admin re-mint) is
-    # refused by the database; a failed mint frees the album for another attempt.
+    # refused by the database; a failed mint frees the album for another attempt once its
+    # failure is final (a revert whose block a reorg may still drop holds the album).
     Index(
         "ux_mint_requests_one_live_per_album",
         "album_id",
         unique=True,
-        postgresql_where=text("NOT remint AND status <> 'failed'"),
+        postgresql_where=text("NOT remint AND (status <> 'failed' OR final_at IS NULL)"),
     ),
 )
 

@@ -372,9 +372,17 @@ async def rollback_to(
         {r["album_id"] for r in removed_events if r["album_id"] is not None}, key=str
     )
     if orphaned_albums:
+        # Back to `minting`, or to `failed` when every mint request of the album failed for good
+        # (a reorg turned its success into a revert the minter has already recorded).
         await conn.execute(
             """
-            UPDATE albums SET status = 'minting', updated_at = now()
+            UPDATE albums SET updated_at = now(),
+                status = CASE
+                    WHEN EXISTS (SELECT 1 FROM mint_requests o WHERE o.album_id = albums.id)
+                     AND NOT EXISTS (SELECT 1 FROM mint_requests o
+                                     WHERE o.album_id = albums.id
+                                       AND (o.status <> 'failed' OR o.final_at IS NULL))
+                    THEN 'failed' ELSE 'minting' END
             WHERE id = ANY($1::uuid[]) AND status = 'minted'
               AND NOT EXISTS (SELECT 1 FROM token_events e
                               WHERE e.album_id = albums.id AND e.kind = 'album_minted')

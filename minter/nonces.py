@@ -14,7 +14,7 @@ import asyncpg
 
 from minter.metrics import REBROADCASTS
 from minter.node import Node
-from minter.transitions import OPEN_STATUSES, recorded_from
+from minter.transitions import OPEN_STATUSES, UNSETTLED_FAILURE, recorded_from
 
 log = logging.getLogger("discograph.minter")
 
@@ -133,12 +133,14 @@ async def recorded_nonces(
 async def count_gaps(
     conn: asyncpg.Connection, address: bytes, mined_count: int, next_nonce: int
 ) -> int:
-    """Nonces from the node's mined count up to our next one that no open mint holds."""
+    """Nonces from the node's mined count up to our next one that no open mint holds (a revert
+    whose block is not final is still followed, so it holds its nonce too)."""
     if next_nonce <= mined_count:
         return 0
     recorded = await conn.fetchval(
         "SELECT count(DISTINCT nonce) FROM mint_requests"
-        " WHERE signer = $1 AND status = ANY($2::text[]) AND nonce >= $3 AND nonce < $4",
+        " WHERE signer = $1 AND nonce >= $3 AND nonce < $4"
+        f" AND (status = ANY($2::text[]) OR ({UNSETTLED_FAILURE}))",
         address,
         list(OPEN_STATUSES),
         mined_count,

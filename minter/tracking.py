@@ -1,5 +1,6 @@
 """Where each sent mint stands, decided from plain values (no I/O): mined, reverted, dropped by
-a reorg, confirmed, finalized, or due for a fee-bumped replacement."""
+a reorg, confirmed, finalized, or due for a fee-bumped replacement; and whether a revert is
+final, or was dropped by a reorg and must be sent again."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ ALBUM_MINTED_TOPIC = event_topic(load_artifact("AlbumNFT").event("AlbumMinted"))
 
 @dataclass(frozen=True)
 class OpenMint:
-    """A mint that was sent and is not final, with its transaction in force."""
+    """A mint that was sent and is not final, with its transaction in force: `submitted`,
+    `mined`, `confirmed`, or `failed` by a revert whose block is not final yet."""
 
     id: uuid.UUID
     status: str
@@ -65,6 +67,8 @@ class Plan:
     reverted: list[tuple[OpenMint, Mined]] = field(default_factory=list)
     reorged: list[OpenMint] = field(default_factory=list)
     confirm: list[uuid.UUID] = field(default_factory=list)
+    # Reverts whose block is now final (and still canonical): the failure is final.
+    settle: list[uuid.UUID] = field(default_factory=list)
     finalize: list[uuid.UUID] = field(default_factory=list)
     replace: list[OpenMint] = field(default_factory=list)
     # No receipt for any of its transactions although the node counts its nonce as used.
@@ -138,6 +142,10 @@ def _plan_included(
     if receipt is None:
         return  # the block is ours but this answer lacks the receipt: ask again next pass
     finalized = mint.block_number <= view.finalized
+    if mint.status == "failed":
+        if finalized:
+            plan.settle.append(mint.id)
+        return
     confirmed = view.head - mint.block_number + 1 >= confirmations
     if mint.status == "mined" and (confirmed or finalized):
         plan.confirm.append(mint.id)
@@ -158,7 +166,10 @@ def plan_tracking(
     hashes of the blocks we stored (by number) and the chain view.
 
     A just-mined mint is only marked `mined` here; its block is checked against the canonical
-    chain on the next pass before it is confirmed or finalized.
+    chain on the next pass before it is confirmed or finalized. A revert (`failed` with a block)
+    is followed the same way: a reorg that drops its block sends it back to `submitted` (the
+    transaction sent again may succeed on the new branch); once its block is final, so is the
+    failure.
     """
     plan = Plan()
     for mint in mints:

@@ -21,6 +21,9 @@ from db.outbox import append_outbox
 from minter.fees import Fees
 
 OPEN_STATUSES = ("submitted", "mined", "confirmed")
+# A mint that reverted on chain: `failed`, but followed until its block is final, since a reorg
+# may drop the revert and the same transaction, sent again, may then succeed.
+UNSETTLED_FAILURE = "status = 'failed' AND final_at IS NULL AND block_hash IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,9 @@ async def record_failures(
 ) -> list[Any]:
     """→ failed, with the reason (and the reverted transaction's block, if it was mined).
 
+    A failure without a block (the estimate reverted, or another transaction took the nonce) is
+    final at once. A revert on chain is final only once its block is (`record_settled`): until
+    then a reorg may still move it (`record_reorged`), and it keeps holding its album.
     The album becomes `failed` too, unless it is minted or has another live mint."""
     rows = await _announced(
         conn,
@@ -174,7 +180,7 @@ async def record_failures(
         UPDATE mint_requests m
         SET status = 'failed', error = u.reason, tx_hash = coalesce(u.failed_tx, m.tx_hash),
             block_number = u.failed_block, block_hash = u.failed_block_hash,
-            updated_at = now()
+            final_at = CASE WHEN u.failed_block IS NULL THEN now() END, updated_at = now()
         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::bytea[])
              AS u(mint_id, prev, reason, failed_tx, failed_block, failed_block_hash)
         WHERE m.id = u.mint_id AND m.status = u.prev
@@ -226,21 +232,62 @@ async def record_mined(
 async def record_reorged(
     conn: asyncpg.Connection, chain_id: int, reorged: Sequence[tuple[uuid.UUID, str]]
 ) -> list[Any]:
-    """mined/confirmed → submitted: a reorg dropped the block; the same tx is sent again."""
-    return await _announced(
+    """mined/confirmed/failed → submitted: a reorg dropped the block of the mined (or reverted)
+    transaction; the same tx is sent again, and the next receipt decides.
+
+    Only a failure that is not final moves; its error is cleared, and its album, `failed`
+    because of it, is `minting` again."""
+    rows = await _announced(
         conn,
         chain_id,
         f"""
         UPDATE mint_requests m
         SET status = 'submitted', block_number = NULL, block_hash = NULL, token_id = NULL,
-            updated_at = now()
+            error = NULL, updated_at = now()
         FROM unnest($1::uuid[], $2::text[]) AS u(mint_id, prev)
         WHERE m.id = u.mint_id AND m.status = u.prev
+          AND (m.status <> 'failed' OR m.final_at IS NULL)
         RETURNING u.prev AS previous, {MINT_COLUMNS}
         """,
         [mint_id for mint_id, _ in reorged],
         [previous for _, previous in reorged],
     )
+    await conn.execute(
+        "UPDATE albums SET status = 'minting', updated_at = now()"
+        " WHERE id = ANY($1::uuid[]) AND status = 'failed'",
+        [row["album_id"] for row in rows if row["previous"] == "failed"],
+    )
+    return rows
+
+
+async def record_settled(conn: asyncpg.Connection, mint_ids: Sequence[uuid.UUID]) -> list[Any]:
+    """A revert whose block is now final: the failure is final too (`final_at`), and frees its
+    album for another request. Not a status change, so nothing is announced.
+
+    An album still `minting` with no other request that holds it becomes `failed`: when a reorg
+    turned a success into this revert, the indexer set the album back from `minted` to
+    `minting` after `record_failures` had left it alone."""
+    rows = list(
+        await conn.fetch(
+            f"""
+            UPDATE mint_requests SET final_at = now(), updated_at = now()
+            WHERE id = ANY($1::uuid[]) AND {UNSETTLED_FAILURE}
+            RETURNING 'failed' AS previous, {MINT_COLUMNS}
+            """,
+            list(mint_ids),
+        )
+    )
+    await conn.execute(
+        """
+        UPDATE albums a SET status = 'failed', updated_at = now()
+        WHERE a.id = ANY($1::uuid[]) AND a.status = 'minting'
+          AND NOT EXISTS (SELECT 1 FROM mint_requests o
+                          WHERE o.album_id = a.id
+                            AND (o.status <> 'failed' OR o.final_at IS NULL))
+        """,
+        [row["album_id"] for row in rows],
+    )
+    return rows
 
 
 async def record_advanced(
@@ -255,7 +302,9 @@ async def record_advanced(
         conn,
         chain_id,
         f"""
-        UPDATE mint_requests SET status = $3, updated_at = now()
+        UPDATE mint_requests
+        SET status = $3, updated_at = now(),
+            final_at = CASE WHEN $3 = 'finalized' THEN now() ELSE final_at END
         WHERE id = ANY($1::uuid[]) AND status = $2
         RETURNING $2 AS previous, {MINT_COLUMNS}
         """,
@@ -273,8 +322,9 @@ async def record_advanced(
 
 
 async def open_mints(conn: asyncpg.Connection, signer: bytes) -> list[Any]:
-    """The signer's mints not final yet, with every recorded tx hash, the tx in force's fees
-    and how long since the row last changed (the database's clock)."""
+    """The signer's mints not final yet (sent ones, and reverts whose block is not final), with
+    every recorded tx hash, the tx in force's fees and how long since the row last changed (the
+    database's clock)."""
     return list(
         await conn.fetch(
             """
@@ -285,10 +335,13 @@ async def open_mints(conn: asyncpg.Connection, signer: bytes) -> list[Any]:
                    (SELECT array_agg(t.tx_hash ORDER BY t.created_at)
                     FROM mint_txs t WHERE t.mint_id = m.id) AS hashes
             FROM mint_requests m JOIN mint_txs f ON f.tx_hash = m.tx_hash
-            WHERE m.status IN ('submitted', 'mined', 'confirmed') AND m.signer = $1
+            WHERE m.signer = $1
+              AND (m.status = ANY($2::text[])
+                   OR (m.status = 'failed' AND m.final_at IS NULL AND m.block_hash IS NOT NULL))
             ORDER BY m.nonce
             """,
             signer,
+            list(OPEN_STATUSES),
         )
     )
 

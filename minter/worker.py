@@ -50,6 +50,7 @@ from minter.transitions import (
     record_reorged,
     record_replacements,
     record_sent,
+    record_settled,
     take_queued,
 )
 
@@ -220,6 +221,8 @@ class Minter:
         chain_id = self.config.chain_id
         album_of = {mint.id: mint.album_id for mint in mints}
         touched = [album_of[f.mint_id] for f in failures] + [album_of[m] for m in plan.finalize]
+        touched += [m.album_id for m in plan.reorged if m.status == "failed"]
+        touched += [album_of[m] for m in plan.settle]
         async with self.conn.transaction():
             await lock_albums(self.conn, touched)  # albums first: see transitions.lock_albums
             changed = await record_mined(self.conn, chain_id, plan.mined) if plan.mined else []
@@ -239,11 +242,17 @@ class Minter:
                 changed += await record_advanced(
                     self.conn, chain_id, plan.finalize, "confirmed", "finalized"
                 )
+            settled = await record_settled(self.conn, plan.settle) if plan.settle else []
             replaced = []
             if replacements:
                 replaced = await record_replacements(self.conn, chain_id, replacements)
                 changed += replaced
         report(changed)
+        for row in settled:
+            log.info(
+                "mint failure final",
+                extra={"mint_id": str(row["id"]), "block": row["block_number"]},
+            )
         # Only what the database took: a row that moved meanwhile keeps its transaction.
         resend = {row["id"] for row in reorged}
         bumped = {row["id"] for row in replaced}
@@ -252,7 +261,7 @@ class Minter:
             [t for t in replacements if t.mint_id in bumped],
         )
         metrics.TXS_SIGNED.labels(kind="replacement").inc(len(bumped))
-        metrics.INFLIGHT.set(len(mints))
+        metrics.INFLIGHT.set(sum(1 for m in mints if m.status != "failed"))
         await self._after_pass(view.mined_count)
 
     async def _nonces_used_elsewhere(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -159,5 +160,87 @@ async def test_0007_adds_mint_chain_ids_to_existing_rows_and_goes_back_down_with
 
         await migrate(empty_database_url, "0007")
         assert await conn.fetchval("SELECT count(*) FROM mint_requests WHERE chain_id = 31337") == 3
+    finally:
+        await conn.close()
+
+
+async def test_0008_makes_failed_and_finalized_mints_final_and_goes_back_down_with_data(
+    empty_database_url: str,
+) -> None:
+    """0007 → 0008 → 0007 → 0008 on a database holding mint requests of every kind: existing
+    `failed` and `finalized` rows are final, the others not; a failure that is not final holds
+    its album; the old index comes back on the way down."""
+    await migrate(empty_database_url, "0007")
+    conn = await asyncpg.connect(empty_database_url)
+    statuses = ["queued", "submitted", "confirmed", "finalized", "failed", "failed"]
+    try:
+        await conn.execute(
+            "INSERT INTO artists (id, name) VALUES ('00000000-0000-0000-0000-00000000000a', 'A');"
+            " INSERT INTO albums (id, artist_id, title)"
+            " SELECT ('00000000-0000-0000-0000-0000000000' || lpad(n::text, 2, '0'))::uuid,"
+            " '00000000-0000-0000-0000-00000000000a', 'album ' || n"
+            " FROM generate_series(1, 6) AS n"
+        )
+        await conn.execute(
+            "INSERT INTO mint_requests (id, album_id, requester, to_address, token_uri, status,"
+            "   updated_at)"
+            " SELECT gen_random_uuid(), a.id, 'a', decode(repeat('11', 20), 'hex'), 'ipfs://x',"
+            "   s.status, timestamptz '2026-12-01 00:00:00+00'"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS s(status, n)"
+            " JOIN albums a ON a.title = 'album ' || s.n",
+            statuses,
+        )
+        # The last album's failed mint was retried: allowed by 0007's index, kept by 0008.
+        await conn.execute(
+            "INSERT INTO mint_requests (id, album_id, requester, to_address, token_uri)"
+            " SELECT gen_random_uuid(), id, 'a', decode(repeat('11', 20), 'hex'), 'ipfs://y'"
+            " FROM albums WHERE title = 'album 6'"
+        )
+        await migrate(empty_database_url, "0008")
+        rows = await conn.fetch("SELECT status, final_at FROM mint_requests")
+        final = {(r["status"], r["final_at"] is not None) for r in rows}
+        assert final == {
+            ("queued", False),
+            ("submitted", False),
+            ("confirmed", False),
+            ("finalized", True),
+            ("failed", True),
+        }
+        assert await conn.fetchval(
+            "SELECT bool_and(final_at = timestamptz '2026-12-01 00:00:00+00')"
+            " FROM mint_requests WHERE final_at IS NOT NULL"
+        )
+        index = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1",
+            "ux_mint_requests_one_live_per_album",
+        )
+        assert "final_at IS NULL" in index
+        # A failure not final yet (a revert whose block may still be dropped) holds its album.
+        await conn.execute(
+            "UPDATE mint_requests SET final_at = NULL WHERE status = 'failed'"
+            " AND album_id = (SELECT id FROM albums WHERE title = 'album 5')"
+        )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO mint_requests (id, album_id, requester, to_address, token_uri)"
+                " SELECT gen_random_uuid(), id, 'a', decode(repeat('11', 20), 'hex'), 'ipfs://z'"
+                " FROM albums WHERE title = 'album 5'"
+            )
+
+        await downgrade(empty_database_url, "0007")
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'mint_requests'"
+        )
+        assert "final_at" not in {r["column_name"] for r in columns}
+        assert await conn.fetchval("SELECT count(*) FROM mint_requests") == 7
+        index = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1",
+            "ux_mint_requests_one_live_per_album",
+        )
+        assert "final_at" not in index
+        assert "'failed'" in index
+
+        await migrate(empty_database_url, "0008")
+        assert await conn.fetchval("SELECT count(*) FROM mint_requests WHERE final_at IS NULL") == 4
     finally:
         await conn.close()

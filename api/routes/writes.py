@@ -48,7 +48,7 @@ from api.write_schemas import (
     NewTrack,
 )
 from db import catalog, catalog_reads
-from db.mints import announce_mint, get_mint, insert_mint_request, mint_history
+from db.mints import HOLDS_ALBUM, announce_mint, get_mint, insert_mint_request, mint_history
 from discograph.encoding import checksum_address, hex0x_or_none
 
 T = TypeVar("T")
@@ -261,9 +261,7 @@ async def _queue_mint(
     if not remint:
         # Under the album's row lock, so this answer cannot race another request's insert.
         live = await conn.fetchval(
-            "SELECT id FROM mint_requests WHERE album_id = $1 AND NOT remint"
-            " AND status <> 'failed'",
-            album_id,
+            f"SELECT id FROM mint_requests WHERE album_id = $1 AND {HOLDS_ALBUM}", album_id
         )
         if live is not None:
             raise HTTPException(
