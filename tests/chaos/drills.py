@@ -223,6 +223,7 @@ class Answer:
     retry_after: str | None
     json_body: bool
     cached: bool
+    seconds: float
 
 
 @dataclass
@@ -237,6 +238,9 @@ class ReadLoad:
     paths: list[str]
     interval: float = 0.05
     headers: dict[str, str] = field(default_factory=dict)
+    # Each request from another client address (X-Forwarded-For, which uvicorn trusts from
+    # loopback): the per-IP read limit never refuses the load itself.
+    spread_ips: bool = False
     phase: str = "before"
     answers: list[Answer] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
@@ -260,10 +264,18 @@ class ReadLoad:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.interval)
 
+    def slowest(self, phase: str) -> float:
+        return max((a.seconds for a in self.of(phase)), default=0.0)
+
     async def one(self, http: aiohttp.ClientSession, path: str) -> Answer | None:
         phase = self.phase
+        headers = dict(self.headers)
+        if self.spread_ips:
+            n = len(self.answers) + len(self.violations)
+            headers["X-Forwarded-For"] = f"10.77.{(n >> 8) & 255}.{n & 255}"
+        began = time.monotonic()
         try:
-            async with http.get(path, headers=self.headers) as response:
+            async with http.get(path, headers=headers) as response:
                 body = await response.read()
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
@@ -273,7 +285,9 @@ class ReadLoad:
             self.violations.append(f"{phase} {path}: no answer ({exc!r})")
             return None
         json_body = content_type.startswith("application/json") and _is_json_object(body)
-        answer = Answer(phase, path, status, retry_after, json_body, cached)
+        answer = Answer(
+            phase, path, status, retry_after, json_body, cached, time.monotonic() - began
+        )
         self.answers.append(answer)
         if status >= 500 and status != 503:
             self.violations.append(f"{phase} {path}: {status} {body[:200]!r}")
