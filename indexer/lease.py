@@ -34,21 +34,41 @@ class Lease:
         self._pid = 0
 
     async def acquire(self) -> None:
-        """Wait (as standby) until this process is the chain's active indexer."""
-        conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
-        waited = False
-        try:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
-                if not waited:
-                    log.info(
-                        "another indexer is active for this chain: waiting as hot standby",
-                        extra={"chain_id": self.chain_id},
+        """Wait (as standby) until this process is the chain's active indexer. A database that
+        goes away meanwhile (a restart) is waited for too: the standby stays a standby."""
+        waited = unreachable = False
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                if unreachable:
+                    log.info("database reachable again", extra={"chain_id": self.chain_id})
+                    unreachable = False
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
+                    if not waited:
+                        log.info(
+                            "another indexer is active for this chain: waiting as hot standby",
+                            extra={"chain_id": self.chain_id},
+                        )
+                        waited = True
+                    await asyncio.sleep(self.retry_every)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                if not unreachable:
+                    log.warning(
+                        "lease connection failed, retrying",
+                        extra={"chain_id": self.chain_id, "error": repr(exc)[:200]},
                     )
-                    waited = True
+                    unreachable = True
                 await asyncio.sleep(self.retry_every)
-        except BaseException:
-            await conn.close()
-            raise
+                continue
+            except BaseException:
+                if conn is not None:
+                    await conn.close()
+                raise
+            break
         if waited:
             log.info("took over as the active indexer", extra={"chain_id": self.chain_id})
         self._conn = conn
@@ -68,7 +88,7 @@ class Lease:
             unsigned & 0xFFFFFFFF,
         )
         if not held:
-            raise LeaseLost("the indexer's advisory lock is no longer held: stopping")
+            raise LeaseLost("the indexer's advisory lock is no longer held")
 
     async def release(self) -> None:
         if self._conn is not None:

@@ -16,6 +16,7 @@ from db.outbox import prune_outbox
 from discograph.errors import ConfigError
 from discograph.settings import Settings
 from indexer.context import Context, IndexerConfig
+from indexer.errors import LeaseLost
 from indexer.heads import watch_new_heads
 from indexer.lease import Lease
 from indexer.progress import Progress
@@ -119,29 +120,51 @@ async def run_indexer(
                 reorg_window=settings.reorg_window,
                 poll_interval=settings.poll_interval,
             )
-            await lease.acquire()
-            ctx = Context(
-                config=config,
-                source=ChainSource(rpc, config.contracts),
-                store=Store(pool, chain_id, lease, settings.reorg_window),
-                progress=progress or Progress(),
-            )
-            if reindex_from is not None:
-                await rewind(ctx, reindex_from, followed.start_block)
-            indexer = Indexer(ctx)
-            if started is not None and not started.done():
-                started.set_result(indexer)
-            async with contextlib.AsyncExitStack() as stack:
-                retention = settings.outbox_retention_seconds()
-                pruning = asyncio.create_task(prune_outbox_forever(pool, retention))
-                stack.push_async_callback(_cancel, pruning)
-                if settings.rpc_ws_url:
-                    heads = asyncio.create_task(watch_new_heads(settings.rpc_ws_url, indexer.wake))
-                    stack.push_async_callback(_cancel, heads)
-                return await indexer.run(until)
+            reindexed = reindex_from is None
+            progress = progress or Progress()
+            while True:
+                await lease.acquire()
+                ctx = Context(
+                    config=config,
+                    source=ChainSource(rpc, config.contracts),
+                    store=Store(pool, chain_id, lease, settings.reorg_window),
+                    progress=progress,
+                )
+                try:
+                    if not reindexed:
+                        await rewind(ctx, reindex_from or 0, followed.start_block)
+                        reindexed = True
+                    indexer = Indexer(ctx)
+                    if started is not None and not started.done():
+                        started.set_result(indexer)
+                    return await _run_leased(settings, pool, indexer, until)
+                except LeaseLost:
+                    # The lock connection died (a Postgres restart, pg_terminate_backend, a
+                    # proxy): the batch in flight was refused and rolled back. Nobody may hold
+                    # the lease now, or a standby took it: wait for it again, as a standby does.
+                    log.warning(
+                        "the indexer's advisory lock is no longer held: back to standby",
+                        extra={"chain_id": chain_id},
+                    )
+                    await lease.release()
         finally:
             await lease.release()
             await pool.close()
+
+
+async def _run_leased(
+    settings: Settings, pool: asyncpg.Pool, indexer: Indexer, until: int | None
+) -> int:
+    """The active indexer's work while it holds the lease: indexing, outbox pruning and the
+    new-heads subscription."""
+    async with contextlib.AsyncExitStack() as stack:
+        retention = settings.outbox_retention_seconds()
+        pruning = asyncio.create_task(prune_outbox_forever(pool, retention))
+        stack.push_async_callback(_cancel, pruning)
+        if settings.rpc_ws_url:
+            heads = asyncio.create_task(watch_new_heads(settings.rpc_ws_url, indexer.wake))
+            stack.push_async_callback(_cancel, heads)
+        return await indexer.run(until)
 
 
 async def prune_outbox_forever(
