@@ -249,6 +249,9 @@ def create_app(
             # claim a bug (both seen while Postgres restarted under load: bench/soak.py).
             asyncpg.OperatorInterventionError: _database_down,
             asyncpg.InsufficientResourcesError: _database_down,
+            # A pooled connection that received Postgres's shutdown notice mid-use ("cannot
+            # switch to state …; another operation is in progress"): the pool replaces it.
+            asyncpg.InternalClientError: _database_down,
             asyncpg.InterfaceError: _database_down,
             OSError: _database_down,
             HTTPException: _unexpected,
