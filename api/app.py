@@ -49,7 +49,7 @@ from api.middleware import ChainVersionMiddleware
 from api.ratelimit import AnonymousReadRateLimit, Limiter, SubjectRateLimit, limit_storage
 from api.routes import albums, health, nfts, page, status, writes
 from api.state import add_read_headers
-from db.engine import create_pool
+from db.engine import DB_ERRORS, create_pool
 from discograph import __version__
 from discograph.errors import ConfigError
 from discograph.settings import Settings
@@ -164,7 +164,7 @@ async def _prune_idempotency_keys(pool: asyncpg.Pool, every: float = 3600.0) -> 
             forgotten = await idempotency.prune(pool)
             if forgotten:
                 log.info("idempotency keys expired", extra={"count": forgotten})
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             log.warning("idempotency key expiry failed", extra={"error": repr(exc)})
         await asyncio.sleep(every)
 

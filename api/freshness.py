@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from db.engine import DB_ERRORS
 from db.locks import CHECKPOINT_CHANNEL
 from db.reads import chain_view
 
@@ -40,7 +41,7 @@ class IndexedBlock:
 
     async def start(self) -> None:
         view = None
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        with contextlib.suppress(*DB_ERRORS):
             conn = await asyncpg.connect(self.dsn)
             try:
                 view = await chain_view(conn)
@@ -85,7 +86,7 @@ class IndexedBlock:
                     await asyncio.sleep(self.poll)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("indexed-block listener lost, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(self.poll)
             finally:
@@ -184,7 +185,7 @@ class ReplicaIndexedBlock(IndexedBlock):
                     await asyncio.sleep(self.poll)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 log.warning(
                     "primary checkpoint listener lost, retrying", extra={"error": repr(exc)}
                 )
@@ -217,7 +218,7 @@ class ReplicaIndexedBlock(IndexedBlock):
                         await asyncio.wait_for(self._news.wait(), self.poll)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("replica checkpoint reader lost, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(self.poll)
             finally:
@@ -275,7 +276,7 @@ class CheckpointConnection:
             self._conn = await asyncpg.connect(self.dsn)
         try:
             return await chain_view(self._conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DB_ERRORS:
             await self.close()
             raise
 

@@ -24,6 +24,7 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api import params
+from db.engine import DB_ERRORS
 
 MIN_BLOCK_WAIT = 5.0  # seconds a `?min_block` read may wait for the indexer
 
@@ -45,7 +46,7 @@ def version_of(view: asyncpg.Record | None) -> str:
     return f"{view['block_number']}:{bytes(view['block_hash']).hex()[:16]}:{view['rollbacks']}"
 
 
-_DATABASE_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DATABASE_DOWN = DB_ERRORS
 
 
 def _block(view: asyncpg.Record | None) -> int:

@@ -9,6 +9,20 @@ import asyncpg
 
 from discograph.errors import DiscographError
 
+# Every way a database round trip can fail: loops that log and retry use this. It includes
+# asyncpg's InternalClientError, raised by a connection that got Postgres's shutdown notice
+# while in use ("cannot switch to state …"), which is not a PostgresError.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+# The database is away, restarting or out of resources: worth waiting for, never our bug.
+DB_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,  # 57xxx: shutting down, starting up, statement timeout
+    asyncpg.InsufficientResourcesError,  # 53xxx: too many connections, disk full
+)
+
 
 class DatabaseError(DiscographError):
     """The database is unreachable or not in the state we need."""

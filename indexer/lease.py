@@ -13,6 +13,7 @@ import logging
 
 import asyncpg
 
+from db.engine import DB_ERRORS
 from discograph.encoding import keccak_text
 from indexer.errors import LeaseLost
 
@@ -52,7 +53,7 @@ class Lease:
                         )
                         waited = True
                     await asyncio.sleep(self.retry_every)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
@@ -96,7 +97,7 @@ class Lease:
             try:
                 if not conn.is_closed():
                     await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except DB_ERRORS:
                 pass  # the connection is gone, and the lock with it
             finally:
                 with contextlib.suppress(asyncpg.InterfaceError, OSError):

@@ -11,7 +11,7 @@ import asyncpg
 
 from chain.failover import FailoverRpc
 from db.contracts import record_contract
-from db.engine import create_pool
+from db.engine import DB_ERRORS, create_pool
 from db.outbox import prune_outbox
 from discograph.errors import ConfigError
 from discograph.settings import Settings
@@ -183,7 +183,7 @@ async def prune_outbox_forever(
                 await asyncio.sleep(0.05)
             if total:
                 log.info("outbox pruned", extra={"rows": total, "retention_s": retention})
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             log.warning("outbox pruning failed, retrying later", extra={"error": repr(exc)})
         await asyncio.sleep(every)
 

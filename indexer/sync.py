@@ -12,9 +12,8 @@ import contextlib
 import logging
 import random
 
-import asyncpg
-
 from chain.errors import ChainError
+from db.engine import DB_ERRORS
 from indexer import metrics
 from indexer.backfill import backfill
 from indexer.context import Context
@@ -86,14 +85,7 @@ class Indexer:
             except (ReorgTooDeep, LeaseLost):
                 self.ctx.progress.done()
                 raise
-            except (
-                ChainError,
-                MalformedAnswer,
-                StaleBatch,
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-            ) as exc:
+            except (ChainError, MalformedAnswer, StaleBatch, *DB_ERRORS) as exc:
                 failures += 1
                 self.ctx.tip_limit = max(1, self.ctx.tip_limit // 2)
                 delay = random.uniform(0, min(10.0, 0.2 * 2**failures))  # noqa: S311

@@ -20,6 +20,7 @@ from chain.errors import ChainError
 from chain.failover import FailoverRpc
 from chain.signer import Signer
 from db.contracts import album_contracts
+from db.engine import DB_ERRORS, DB_UNAVAILABLE
 from db.locks import MINT_QUEUED_CHANNEL
 from discograph.encoding import checksum_address, keccak_text, parse_address
 from discograph.errors import ConfigError, DiscographError
@@ -111,9 +112,9 @@ async def _session(
                 await minter.submit_queued()
                 await minter.track()
                 failures = 0
-            except (ChainError, asyncpg.PostgresError, OSError) as exc:
-                if conn.is_closed():
-                    raise
+            except (ChainError, *DB_ERRORS) as exc:
+                if conn.is_closed() or isinstance(exc, asyncpg.InternalClientError):
+                    raise  # a new session: a new connection, the lock taken again
                 failures += 1
                 delay = random.uniform(0, min(MAX_BACKOFF, 0.2 * 2**failures))  # noqa: S311
                 log.warning(
@@ -144,7 +145,7 @@ async def _serve(database_url: str, settings: Settings, signer: Signer) -> None:
         while True:
             try:
                 await _session(database_url, node, signer, settings, chain_id)
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            except DB_UNAVAILABLE as exc:
                 # The lock went with the connection: take it again (or stand by) and reconcile.
                 log.warning(
                     "lost the database connection, reconnecting",

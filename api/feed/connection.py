@@ -21,7 +21,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from api.auth import Principal, TokenRefused
 from api.feed import metrics
-from api.feed.hub import DB_ERRORS, Subscriber, outbox_items
+from api.feed.hub import Subscriber, outbox_items
 from api.feed.messages import (
     CLOSE_BAD_REQUEST,
     CLOSE_CURSOR_GONE,
@@ -40,6 +40,7 @@ from api.feed.messages import (
     parse_client_message,
     parse_query,
 )
+from db.engine import DB_ERRORS
 from db.outbox import outbox_bounds
 
 if TYPE_CHECKING:

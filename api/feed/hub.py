@@ -28,10 +28,10 @@ from redis.exceptions import RedisError
 
 from api.feed import metrics
 from api.feed.messages import Filters, Item, decode_items, item_of
+from db.engine import DB_ERRORS
 from db.outbox import outbox_bounds, read_outbox
 
 log = logging.getLogger("discograph.feed")
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def outbox_items(

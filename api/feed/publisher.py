@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.feed import metrics
-from api.feed.hub import DB_ERRORS, outbox_items
+from api.feed.hub import outbox_items
 from api.feed.messages import Item, encode_items
+from db.engine import DB_ERRORS
 from db.locks import FEED_PUBLISHER_LOCK_ID, OUTBOX_CHANNEL
 from db.outbox import outbox_bounds
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from litestar import Controller, Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from api.cache import CACHE_STORE, FailSoftStore
 from api.schemas import Health
+from db.engine import DB_ERRORS
 from db.reads import chain_view
 
 # The active indexer touches its checkpoint at least every POLL_INTERVAL (default 1 s).
@@ -32,7 +32,7 @@ class HealthController(Controller):
         max_lag = request.app.state.settings.ready_max_lag
         try:
             view = await chain_view(request.app.state.pool)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except DB_ERRORS:
             return Response(
                 Health("unavailable", database=False, detail="database unreachable"),
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
@@ -64,7 +64,7 @@ class HealthController(Controller):
             # help its readers, and would stop the writes, which do not need it. Say it.
             try:
                 replica = await chain_view(request.app.state.read_pool)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except DB_ERRORS:
                 degraded.append("read replica unreachable")
             else:
                 replayed = int(replica["block_number"]) if replica is not None else -1
