@@ -27,9 +27,24 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+class OneLineOutage(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect while Postgres is away:
+    the error's one-line form says the same (`error=ConnectionRefusedError(…)`), and a log
+    without tracebacks is one where a traceback means a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.error = repr(record.exc_info[1])[:200]
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    if level != "DEBUG":
+        logging.getLogger("asyncpg.pool").addFilter(OneLineOutage())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
