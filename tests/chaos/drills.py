@@ -136,8 +136,9 @@ def start_anvil_at(folder: Path, port: int, state_file: Path) -> Anvil:
 @dataclass
 class Supervised:
     """The indexer, started again (after 0.5 s) whenever it stops with an error: what
-    systemd / compose / Kubernetes do for `discograph index`. It stops by itself when its
-    lease connection dies (a Postgres restart), by design (docs/operations.md, Fencing)."""
+    systemd / compose / Kubernetes do for `discograph index`. It is meant to ride out a
+    Postgres restart by itself (back to standby, then the lease again): a drill asserts
+    `restarts` is empty, and the supervisor only lets the drill finish its other checks."""
 
     restarts: list[str] = field(default_factory=list)
 
