@@ -53,6 +53,20 @@ def _block(view: asyncpg.Record | None) -> int:
     return int(view["block_number"]) if view is not None else -1
 
 
+async def _checkpoint(app_state: Any) -> asyncpg.Record | None:
+    """The checkpoint row of the database the read routes read (the replica's, if any)."""
+    try:
+        return await app_state.checkpoints.read()
+    except _DATABASE_DOWN:
+        # The replica does not answer: the primary's checkpoint keeps the routes that do not
+        # read the replica working (writes, GET /mints/{id}). Read routes still fail on the
+        # replica's pool, and a cached answer of the primary's version was computed from rows
+        # at least that new. Without a replica the error stands (503).
+        if app_state.primary_checkpoints is None:
+            raise
+        return await app_state.primary_checkpoints.read()
+
+
 class ChainVersionMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
     # Probes, metrics and the schema do not read chain data.
@@ -63,27 +77,13 @@ class ChainVersionMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         app_state = scope["app"].state
         wanted = _min_block(scope)
-        try:
-            view = await app_state.checkpoints.read()
-        except _DATABASE_DOWN:
-            # The replica does not answer: the primary's checkpoint keeps the routes that do
-            # not read the replica working (writes, GET /mints/{id}). Read routes still fail on
-            # the replica's pool, and a cached answer of the primary's version was computed
-            # from rows at least that new. Without a replica the error stands (503).
-            if app_state.primary_checkpoints is None:
-                raise
-            view = await app_state.primary_checkpoints.read()
+        view = await _checkpoint(app_state)
         if wanted is not None and _block(view) < wanted:
             # Woken by the indexer's commit notifications; the checkpoint row decides.
             deadline = time.monotonic() + MIN_BLOCK_WAIT
             while _block(view) < wanted and time.monotonic() < deadline:
                 await app_state.indexed.wait_for(wanted, min(0.1, deadline - time.monotonic()))
-                try:
-                    view = await app_state.checkpoints.read()
-                except _DATABASE_DOWN:
-                    if app_state.primary_checkpoints is None:
-                        raise
-                    view = await app_state.primary_checkpoints.read()
+                view = await _checkpoint(app_state)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["chain_view"] = view
         state["indexed_block"] = _block(view)

@@ -72,13 +72,16 @@ def start_anvil(
     chain_id: int = ANVIL_CHAIN_ID,
     extra_args: tuple[str, ...] = (),
     timeout: float = 20.0,
+    port: int | None = None,
+    state_interval: int = 5,
 ) -> Anvil:
-    """Start anvil on a free loopback port; automine unless `block_time` is given.
+    """Start anvil on a free loopback port (or `port`: a restart in place); automine unless
+    `block_time` is given.
 
-    With `state_file` the chain is loaded from it at start and saved to it every few seconds
-    and on exit, so a dev chain survives restarts.
+    With `state_file` the chain is loaded from it at start and saved to it every
+    `state_interval` seconds and on exit, so a dev chain survives restarts.
     """
-    port = free_port()
+    port = port or free_port()
     argv = [
         str(anvil_binary()),
         "--host",
@@ -94,7 +97,7 @@ def start_anvil(
         argv += ["--block-time", f"{block_time:g}"]
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        argv += ["--state", str(state_file), "--state-interval", "5"]
+        argv += ["--state", str(state_file), "--state-interval", str(state_interval)]
     argv += list(extra_args)
     process = ChildProcess("anvil", argv, log_path=log_dir / f"anvil-{port}.log")
     url = f"http://127.0.0.1:{port}"

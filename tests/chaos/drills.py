@@ -20,8 +20,7 @@ import asyncpg
 
 from db.engine import migrate, with_database
 from discograph.embedded import EmbeddedPostgres, start_postgres
-from discograph.localchain import ANVIL_CHAIN_ID, ANVIL_DEV_KEYS, Anvil, _rpc, anvil_binary
-from discograph.processes import ChildProcess
+from discograph.localchain import Anvil, start_anvil
 from discograph.settings import Settings
 from indexer.errors import LeaseLost
 from indexer.progress import Progress
@@ -102,32 +101,7 @@ def start_anvil_at(folder: Path, port: int, state_file: Path) -> Anvil:
     """anvil on a fixed port with its chain kept in `state_file`: loaded at start, saved every
     second and on SIGTERM. Started again with the same file, it has the same blocks (hashes
     included)."""
-    argv = [
-        str(anvil_binary()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--chain-id",
-        str(ANVIL_CHAIN_ID),
-        "--accounts",
-        str(len(ANVIL_DEV_KEYS)),
-        "--state",
-        str(state_file),
-        "--state-interval",
-        "1",
-    ]
-    process = ChildProcess("anvil", argv, log_path=folder / f"anvil-{port}.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return _rpc(url, "eth_chainId", []) is not None
-        except OSError:
-            return False
-
-    process.wait_until(answers, 20, "answering JSON-RPC")
-    return Anvil(rpc_url=url, process=process)
+    return start_anvil(folder, state_file=state_file, port=port, state_interval=1)
 
 
 # --- the indexer, as under a supervisor --------------------------------------------------------
