@@ -124,6 +124,17 @@ async def projection(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
         await conn.close()
 
 
+def projection_differences(live: dict[str, list[Any]], fresh: dict[str, list[Any]]) -> str:
+    """Per table, the rows only the first projection has and the rows only the second has."""
+    parts = []
+    for table in live:
+        only_live = sorted(set(live[table]) - set(fresh[table]), key=repr)
+        only_fresh = sorted(set(fresh[table]) - set(live[table]), key=repr)
+        if only_live or only_fresh:
+            parts.append(f"{table}: live only {only_live[:6]}; fresh only {only_fresh[:6]}")
+    return "; ".join(parts) or "same rows, another order"
+
+
 async def owners_on_chain(
     rpc: RpcClient, contract: str, token_ids: Sequence[int]
 ) -> dict[int, str]:

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -30,6 +29,7 @@ from tests.indexing import (
     indexer_settings,
     live_indexer,
     projection,
+    projection_differences,
     wait_synced,
 )
 
@@ -75,17 +75,6 @@ async def _removed_messages(database_url: str) -> set[tuple[str, int, str]]:
 
     payloads = [json.loads(r["payload"]) for r in rows]
     return {(p["block_hash"], p["log_index"], p["removed_type"]) for p in payloads}
-
-
-def _differences(live: dict[str, list[Any]], fresh: dict[str, list[Any]]) -> str:
-    """Per table, the rows only the live index has and the rows only the fresh one has."""
-    parts = []
-    for table in live:
-        only_live = sorted(set(live[table]) - set(fresh[table]), key=repr)
-        only_fresh = sorted(set(fresh[table]) - set(live[table]), key=repr)
-        if only_live or only_fresh:
-            parts.append(f"{table}: live only {only_live[:6]}; fresh only {only_fresh[:6]}")
-    return "; ".join(parts) or "same rows, another order"
 
 
 async def _fresh_index(database_url: str, settings: object) -> None:
@@ -151,7 +140,7 @@ async def test_random_reorgs_leave_the_projection_equal_to_a_fresh_index(
             live, fresh = await projection(database_url), await projection(second_database_url)
             assert live == fresh, (
                 f"round {round_} (depth {depth}, fork above block {fork_block}) diverges from"
-                f" a fresh index: {_differences(live, fresh)}"
+                f" a fresh index: {projection_differences(live, fresh)}"
             )
             if (round_ + 1) % 100 == 0:
                 print(
