@@ -18,7 +18,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from chain.errors import RpcHttpError, RpcMalformedResponse, RpcTransportError
-from chain.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
+from chain.metrics import (
+    RPC_ERRORS,
+    RPC_FAILOVERS,
+    RPC_LATENCY,
+    RPC_REQUESTS,
+    RPC_URL_ERRORS,
+)
 from chain.rpc import Params, RpcClient
 
 log = logging.getLogger("discograph.rpc")
@@ -133,7 +139,7 @@ class FailoverRpc:
     async def call_on(self, index: int, method: str, params: Params = ()) -> Any:
         """One request to `urls[index]` only, no retry (cross-checking one node's answer)."""
         client = self._client(index)
-        return await _measured(method, client.call(method, params))
+        return await _measured(method, client.call(method, params), index)
 
     async def call_each(self, method: str, params: Params = ()) -> list[Any | BaseException]:
         """The same request to every URL at once, no retry; answers or errors in URL order.
@@ -150,7 +156,7 @@ class FailoverRpc:
         for attempt in range(self.max_attempts):
             index = self._current
             try:
-                return await _measured(label, send(self._client(index)))
+                return await _measured(label, send(self._client(index)), index)
             except (RpcTransportError, RpcMalformedResponse) as error:
                 if not is_retryable(error):
                     raise
@@ -184,16 +190,20 @@ class FailoverRpc:
         # others then retry where it went instead of rotating again (and back, with two URLs).
         if self._current == failed:
             self._current = (failed + 1) % len(self._urls)
+            if len(self._urls) > 1:
+                RPC_FAILOVERS.labels(from_url=str(failed)).inc()
 
 
-async def _measured(label: str, request: Awaitable[T]) -> T:
-    """Await one attempt, counting it, its latency and its error (if any) under `label`."""
+async def _measured(label: str, request: Awaitable[T], url: int) -> T:
+    """Await one attempt, counting it, its latency and its error (if any) under `label`, and
+    the error under the position `url` of the URL it went to."""
     RPC_REQUESTS.labels(method=label).inc()
     started = time.perf_counter()
     try:
         return await request
     except Exception as error:
         RPC_ERRORS.labels(method=label, kind=type(error).__name__).inc()
+        RPC_URL_ERRORS.labels(url=str(url), kind=type(error).__name__).inc()
         raise
     finally:
         RPC_LATENCY.labels(method=label).observe(time.perf_counter() - started)
