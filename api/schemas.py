@@ -48,6 +48,17 @@ class LastReorg(msgspec.Struct, frozen=True):
     at: datetime
 
 
+class LastAudit(msgspec.Struct, frozen=True):
+    """The newest `discograph audit` of the chain: the projection compared with the node at a
+    finalized block (`differences` 0: they matched)."""
+
+    at: datetime
+    finalized_block: int
+    tokens: int
+    differences: int
+    seconds: float
+
+
 class Status(msgspec.Struct, frozen=True):
     chain_id: int | None
     chain_head: int | None
@@ -59,6 +70,7 @@ class Status(msgspec.Struct, frozen=True):
     lag_seconds: float | None
     last_reorg: LastReorg | None
     contracts: list[ContractInfo]
+    last_audit: LastAudit | None = None
 
 
 class Health(msgspec.Struct, frozen=True):

@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -349,4 +350,24 @@ outbox = Table(
         "seq",
         postgresql_where=text("kind = 'mint_status'"),
     ),
+)
+
+# One row per `discograph audit` (migration 0009): the projection compared with `ownerOf` /
+# `tokenURI` read from the node at one finalized block. `kinds` counts the differences by kind
+# (`owner`, `token_uri`, `missing`, `extra`); `/status` shows the newest row of the chain.
+audit_runs = Table(
+    "audit_runs",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("finalized_block", BigInteger, nullable=False),
+    Column("block_hash", LargeBinary, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("differences", BigInteger, nullable=False),
+    Column("kinds", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("seconds", Double, nullable=False),
+    CheckConstraint("tokens >= 0 AND differences >= 0", name="counts_non_negative"),
+    # The newest run of a chain.
+    Index(None, "chain_id", "at"),
 )

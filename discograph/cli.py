@@ -161,6 +161,36 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """0: the projection matches the chain; 1: differences; 2: usage or configuration;
+    3: the audit could not finish (node or database trouble)."""
+    import asyncpg
+
+    from discograph.audit import check_batching, run_audit, summary, to_json
+
+    check_batching(args.batch_size, args.concurrency)
+    with _database(settings) as dsn:
+        try:
+            report = asyncio.run(
+                run_audit(
+                    settings,
+                    dsn,
+                    calls_per_batch=args.batch_size,
+                    in_flight=args.concurrency,
+                    progress=None if args.quiet else sys.stderr,
+                )
+            )
+        except (ChainError, asyncpg.PostgresError, OSError) as exc:
+            print(f"discograph: audit not completed: {exc}", file=sys.stderr)
+            return 3
+    if args.json:
+        sys.stdout.buffer.write(to_json(report) + b"\n")
+        sys.stdout.flush()
+    else:
+        print("\n".join(summary(report, show=args.show)))
+    return 1 if report.differences else 0
+
+
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from api.auth import issue_token
 
@@ -367,6 +397,24 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="chain head, indexed block, lag, safe/finalized block and the last reorg"
     )
     status.set_defaults(handler=cmd_status)
+
+    audit = commands.add_parser(
+        "audit",
+        help="compare the projection with ownerOf/tokenURI read from the node at the "
+        "finalized block; exit 0 when they match, 1 on differences",
+    )
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.add_argument(
+        "--batch-size", type=int, default=200, metavar="N", help="eth_calls per batch (200)"
+    )
+    audit.add_argument(
+        "--concurrency", type=int, default=4, metavar="N", help="batches in flight (4)"
+    )
+    audit.add_argument(
+        "--show", type=int, default=50, metavar="N", help="differences listed in the summary"
+    )
+    audit.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    audit.set_defaults(handler=cmd_audit)
 
     mig = commands.add_parser("migrate", help="apply database migrations (alembic upgrade)")
     mig.add_argument("revision", nargs="?", default="head", help="target revision (default head)")

@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "mint_txs",
     "signers",
     "idempotency_keys",
+    "audit_runs",
 }
 
 
@@ -242,5 +243,37 @@ async def test_0008_makes_failed_and_finalized_mints_final_and_goes_back_down_wi
 
         await migrate(empty_database_url, "0008")
         assert await conn.fetchval("SELECT count(*) FROM mint_requests WHERE final_at IS NULL") == 4
+    finally:
+        await conn.close()
+
+
+async def test_0009_adds_audit_runs_and_goes_back_down(empty_database_url: str) -> None:
+    """0008 → 0009 → 0008 → 0009: the table comes and goes, its newest-run index with it."""
+    await migrate(empty_database_url, "0008")
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(empty_database_url, "0009")
+        await conn.execute(
+            "INSERT INTO audit_runs (chain_id, at, finalized_block, block_hash, tokens,"
+            " differences, kinds, seconds)"
+            " VALUES (31337, now(), 10, $1, 5, 1, '{\"owner\": 1}', 0.5)",
+            bytes(32),
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO audit_runs (chain_id, at, finalized_block, block_hash, tokens,"
+                " differences, seconds) VALUES (1, now(), 1, $1, -1, 0, 0)",
+                bytes(32),
+            )
+        indexes = await conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_runs'"
+        )
+        assert "ix_audit_runs_chain_id_at" in {r["indexname"] for r in indexes}
+
+        await downgrade(empty_database_url, "0008")
+        assert await conn.fetchval("SELECT to_regclass('audit_runs')") is None
+
+        await migrate(empty_database_url, "0009")
+        assert await conn.fetchval("SELECT count(*) FROM audit_runs") == 0
     finally:
         await conn.close()

@@ -1,4 +1,9 @@
-"""`GET /status`: where the indexer stands (what the API answers from)."""
+"""`GET /status`: where the indexer stands (what the API answers from), and the last audit.
+
+The last audit's figures are also Prometheus gauges on the API's `/metrics` (names fixed: the
+dashboards and alerts of `deploy/` use them). They are set from the row `/status` reads, so they
+cost the NFT read paths nothing; a process that has not answered `/status` yet exports 0.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,38 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Controller, Request, get
+from prometheus_client import Gauge
 
-from api.schemas import ContractInfo, LastReorg, Status
+from api.schemas import ContractInfo, LastAudit, LastReorg, Status
+from db.audits import AuditRun, last_run
 from db.reads import followed_contracts
 from discograph.encoding import checksum_address
+
+# "mostrecent": with several worker processes, the value of the latest `/status` read wins.
+AUDIT_LAST_RUN = Gauge(
+    "discograph_audit_last_run_timestamp_seconds",
+    "Unix time of the last `discograph audit` (0: none seen yet)",
+    multiprocess_mode="mostrecent",
+)
+AUDIT_DIFFERENCES = Gauge(
+    "discograph_audit_differences",
+    "Differences between the projection and the chain found by the last audit",
+    multiprocess_mode="mostrecent",
+)
+
+
+def _last_audit(run: AuditRun | None) -> LastAudit | None:
+    if run is None:
+        return None
+    AUDIT_LAST_RUN.set(run.at.timestamp())
+    AUDIT_DIFFERENCES.set(run.differences)
+    return LastAudit(
+        at=run.at,
+        finalized_block=run.finalized_block,
+        tokens=run.tokens,
+        differences=run.differences,
+        seconds=run.seconds,
+    )
 
 
 class StatusController(Controller):
@@ -28,8 +61,13 @@ class StatusController(Controller):
             )
             for r in await followed_contracts(request.app.state.read_pool)
         ]
+        pool = request.app.state.read_pool
+        chain_id = int(view["chain_id"]) if view is not None else None
+        last_audit = _last_audit(await last_run(pool, chain_id))
         if view is None:
-            return Status(None, None, None, None, None, None, None, None, None, contracts)
+            return Status(
+                None, None, None, None, None, None, None, None, None, contracts, last_audit
+            )
         head = view["head_block"]
         indexed = int(view["block_number"])
         lag_seconds = None
@@ -53,4 +91,5 @@ class StatusController(Controller):
             lag_seconds=lag_seconds,
             last_reorg=last_reorg,
             contracts=contracts,
+            last_audit=last_audit,
         )
