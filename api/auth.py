@@ -4,8 +4,10 @@ HS256 with `JWT_SECRET` by default; RS256 / ES256 verified with the PEM public k
 `JWT_PUBLIC_KEY_FILE`. Only the configured algorithm is accepted, so `alg: none` and
 algorithm confusion (an HS256 token "signed" with the public key) fail verification. `exp` and
 `sub` are required; `nbf` / `iat` are checked when present, `aud` / `iss` when configured, each
-with `JWT_LEEWAY` seconds of clock skew. The `role` claim says what the subject may do:
-`artist` (its `sub` is the artist's id: create and mint its own albums) or `admin`.
+with `JWT_LEEWAY` seconds of clock skew. Only the `Bearer` scheme (any case) carries a token:
+`Authorization: Token <jwt>` or a bare `<jwt>` authenticates nobody. The `role` claim says
+what the subject may do: `artist` (its `sub` is the artist's id: create and mint its own
+albums) or `admin`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from typing import Any, ClassVar, Literal
 
 import jwt
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ImproperlyConfiguredException, PermissionDeniedException
-from litestar.security.jwt import JWTAuth, Token
+from litestar.exceptions import (
+    ImproperlyConfiguredException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+)
+from litestar.middleware import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from litestar.security.jwt.token import JWTDecodeOptions
 
 from discograph.errors import ConfigError
@@ -68,7 +75,7 @@ class LeewayToken(Token):
         audience: Any = None,
         options: JWTDecodeOptions | None = None,
     ) -> Any:
-        return jwt.decode(
+        payload = jwt.decode(
             jwt=encoded_token,
             key=secret,
             algorithms=algorithms,
@@ -77,6 +84,35 @@ class LeewayToken(Token):
             options=dict(options or {}),  # type: ignore[arg-type]
             leeway=cls.leeway,
         )
+        # `iat` is optional (PyJWT has checked it when present), but Litestar's Token reads
+        # it unconditionally: without one, the token counts as issued when it is checked.
+        payload.setdefault("iat", int(time.time()))
+        return payload
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme in any case), else None."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, which takes whatever follows the first space of the header
+    as the token, held to the Bearer scheme."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        header = connection.headers.get(self.auth_header)
+        if not header:
+            raise NotAuthorizedException("No JWT token found in request header")
+        token = bearer_token(header)
+        if token is None:
+            raise NotAuthorizedException("Authorization must be: Bearer <token>")
+        return await self.authenticate_token(encoded_token=token, connection=connection)
 
 
 def _principal(token: Token) -> Principal | None:
@@ -118,6 +154,7 @@ def jwt_auth(settings: Settings) -> JWTAuth[Principal, LeewayToken]:
         retrieve_user_handler=retrieve_principal,
         algorithm=settings.jwt_algorithm,
         token_cls=token_cls,
+        authentication_middleware_class=BearerAuthenticationMiddleware,
         require_claims=["exp", "sub"],
         accepted_audiences=[settings.jwt_audience] if settings.jwt_audience else None,
         accepted_issuers=[settings.jwt_issuer] if settings.jwt_issuer else None,
@@ -160,8 +197,6 @@ class TokenRefused(Exception):
 def token_verifier(settings: Settings) -> Any:
     """Check a bearer token outside the HTTP middleware (the websocket feed), with exactly the
     write routes' rules; returns `verify(token) -> Principal`, raising TokenRefused."""
-    from litestar.exceptions import NotAuthorizedException
-
     auth = jwt_auth(settings)
 
     def verify(encoded: str) -> Principal:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
-from api.auth import Principal, TokenRefused
+from api.auth import Principal, TokenRefused, bearer_token
 from api.feed import metrics
 from api.feed.hub import Subscriber, outbox_items
 from api.feed.messages import (
@@ -138,10 +138,10 @@ class Connection:
     async def _authenticate(self) -> Principal | None:
         header = self.socket.headers.get("authorization")
         if header is not None:
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token = bearer_token(header)  # the write routes' rule
+            if token is None:
                 raise Close(CLOSE_UNAUTHENTICATED, "Authorization must be: Bearer <token>")
-            return self._verify(token.strip())
+            return self._verify(token)
         if self.settings.ws_auth_wait <= 0 or "origin" not in self.socket.headers:
             # Only browsers (they send Origin) cannot set the header: only they get a moment
             # to send a first `auth` message before the stream starts.

@@ -1,0 +1,243 @@
+"""Hostile input on every route: nested JSON, tampered cursors, cache keys, token rules."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from hypothesis import strategies as st
+from litestar import Request
+
+from tests.conftest import TEST_JWT_SECRET
+from tests.test_api_writes import bearer, token
+
+CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+OWNER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+def paginated_routes(artist: str) -> list[str]:
+    return [
+        "/transfers",
+        f"/nfts/{CONTRACT}/1/transfers",
+        f"/owners/{OWNER}/nfts",
+        f"/contracts/{CONTRACT}/holders",
+        "/albums",
+        f"/artists/{artist}/albums",
+    ]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def nested(depth: int) -> bytes:
+    """A JSON object `depth` levels deep (as text: the client's encoder would recurse)."""
+    return b'{"a":' * (depth - 1) + b'{"leaf":1}' + b"}" * (depth - 1)
+
+
+def with_metadata(body: dict[str, Any], metadata: bytes) -> bytes:
+    return json.dumps(body | {"metadata": "@"}).encode().replace(b'"@"', metadata)
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def assert_names(response: Any, field: str, status: int = 400) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status_code"] == status
+    assert [e["key"] for e in body["extra"]] == [field], body
+
+
+@contextlib.contextmanager
+def sys_recursion(limit: int) -> Iterator[None]:
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+@pytest.fixture
+def production_recursion_limit() -> Iterator[None]:
+    """Python's default (the test runner raises it to 100,000, where msgspec decoding this
+    deep overflows the C stack instead: a crash of the whole process, not a RecursionError)."""
+    with sys_recursion(1000):
+        yield
+
+
+def _request(path: str, query: str, version: str = "9:abcd:0") -> Request[Any, Any, Any]:
+    scope: Any = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "headers": [],
+        "query_string": query.encode(),
+        "state": {"cache_version": version},
+    }
+    return Request(scope)
+
+
+# Few atoms, most of them separators: a naive encoding's collisions are found at once.
+_atoms = st.sampled_from(["", "a", "=", "&", "a=", "=a", "&a", "a&", "=&", "%26", "?", "@", "é"])
+_text = st.lists(_atoms, max_size=3).map("".join) | st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8
+)
+_requests = st.lists(
+    st.tuples(_text, st.lists(st.tuples(_text, _text), max_size=3)), min_size=2, max_size=12
+)
+
+
+_separators = st.text(alphabet="a=&", max_size=4)
+
+
+def _claims(**claims: Any) -> str:
+    return jwt.encode(claims, TEST_JWT_SECRET, algorithm="HS256")
+
+
+async def test_a_token_without_iat_authenticates(api_client: Any) -> None:
+    now = int(time.time())
+    no_iat = _claims(sub="ops@example", role="admin", exp=now + 600)
+    response = await api_client.post("/artists", json={"name": "Ada"}, headers=bearer(no_iat))
+    assert response.status_code == 201, response.text
+    # When present, iat and nbf are still checked.
+    future = _claims(sub="ops@example", role="admin", exp=now + 600, iat=now + 3600)
+    response = await api_client.post("/artists", json={"name": "Ada"}, headers=bearer(future))
+    assert response.status_code == 401
+
+
+async def test_only_the_bearer_scheme_authenticates(api_client: Any) -> None:
+    valid = token("ops@example", "admin")
+    refused = [
+        f"Token {valid}",
+        f"JWT {valid}",
+        f"Basic {valid}",
+        f"Bearer{valid}",
+        valid,
+        "Bearer ",
+        "Bearer",
+    ]
+    for header in refused:
+        response = await api_client.post(
+            "/artists", json={"name": "Ada"}, headers={"Authorization": header}
+        )
+        assert response.status_code == 401, (header[:20], response.text)
+        assert response.json()["status_code"] == 401
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        response = await api_client.post(
+            "/artists", json={"name": "Ada"}, headers={"Authorization": f"{scheme} {valid}"}
+        )
+        assert response.status_code == 201, (scheme, response.text)
+
+
+def test_the_feed_accepts_a_token_without_iat_and_refuses_other_schemes(database_url: str) -> None:
+    from api.auth import TokenRefused, bearer_token, token_verifier
+    from discograph.settings import load_settings
+    from tests.conftest import api_env
+
+    verify = token_verifier(load_settings(api_env(database_url), env_file=None))
+    now = int(time.time())
+    principal = verify(_claims(sub="ops@example", role="admin", exp=now + 600))
+    assert principal.is_admin
+    try:
+        verify(_claims(sub="ops@example", role="admin", exp=now + 600, nbf=now + 3600))
+    except TokenRefused:
+        pass
+    else:
+        raise AssertionError("a token not valid yet was accepted")
+    assert bearer_token("bearer abc") == "abc"
+    assert bearer_token("Token abc") is None
+    assert bearer_token("Bearer") is None
+
+
+def malformed_reads(artist: str, album: str) -> list[tuple[str, str]]:
+    """(method, url) pairs that must each be a JSON 4xx."""
+    deep = _b64(b"[" * 1000)
+    lists = paginated_routes(artist)
+    ones = [
+        f"/nfts/{CONTRACT}/1",
+        f"/albums/{album}",
+        f"/albums/{album}/metadata.json",
+    ]
+    bad_queries = [
+        f"cursor={deep}",
+        "cursor=WzIyNCwwXQ!!!!",
+        "cursor=WzIyNCwwXQ%20*%20*",
+        "cursor=" + "A" * 300,
+        "cursor=%00",
+        "cursor=%FF%FE",
+        "cursor=a&cursor=b",
+        "limit=1&limit=2",
+        "limit=5&limit=5",
+        "limit=abc",
+        "limit=0",
+        "limit=201",
+        "limit=1.5",
+        "limit=-1",
+        "limit=" + "9" * 40,
+        "limit=",
+        "bogus=1",
+        "min_block=abc",
+        "min_block=-1",
+        "min_block=" + "9" * 30,
+    ]
+    reads = [("GET", f"{route}?{q}") for route in lists for q in bad_queries]
+    reads += [
+        ("GET", f"{route}?{q}")
+        for route in (
+            f"/nfts/{CONTRACT}/1",
+            f"/owners/{OWNER}/nfts",
+            f"/contracts/{CONTRACT}/holders",
+        )
+        for q in (
+            "at_block=-1",
+            "at_block=abc",
+            f"at_block={2**64}",
+            "finality=bogus",
+            "at_block=1&finality=safe",
+            "finality=",
+        )
+    ]
+    reads += [
+        ("GET", f"/transfers?{q}")
+        for q in (
+            "contract=0xnope",
+            "address=zz",
+            "token_id=1",
+            f"contract={CONTRACT}&token_id=-1",
+            f"contract={CONTRACT}&token_id={2**256}",
+            "from_block=x",
+            "to_block=-5",
+            f"from_block={2**63}",
+        )
+    ]
+    reads += [
+        ("GET", path)
+        for path in (
+            "/nfts/0xnope/1",
+            f"/nfts/{CONTRACT}/0x1",
+            f"/nfts/{CONTRACT}/{'9' * 100}",
+            f"/nfts/{CONTRACT.lower()[:-1]}Z/1/transfers",
+            "/owners/0x123/nfts",
+            "/contracts/nope/holders",
+            "/albums/not-a-uuid",
+            "/albums/not-a-uuid/metadata.json",
+            "/artists/not-a-uuid/albums",
+            "/mints/not-a-uuid",
+            "/no/such/route",
+        )
+    ]
+    reads += [(method, route) for route in lists + ones for method in ("PUT", "DELETE", "PATCH")]
+    return reads
