@@ -8,10 +8,12 @@ turns the cache into misses (answers come from Postgres), never into errors.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from litestar import Request
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
@@ -23,6 +25,8 @@ log = logging.getLogger("discograph.api")
 CACHE_STORE = "response_cache"
 CACHE_TTL = 300  # seconds; versioned keys never go stale, the TTL only frees memory
 
+_encode = msgspec.json.Encoder().encode
+
 CACHE_LOOKUPS = Counter(
     "discograph_cache_lookups",
     "Response-cache lookups of the API by result (hit, miss, error = backend unavailable)",
@@ -32,11 +36,20 @@ _HIT, _MISS, _ERROR = (CACHE_LOOKUPS.labels(r) for r in ("hit", "miss", "error")
 
 
 def cache_key(request: Request[Any, Any, Any]) -> str:
-    """Path, sorted query (without `min_block`, which only delays) and the chain version."""
+    """Path, sorted query pairs (without `min_block`, which only delays) and the chain version,
+    as one JSON array: decoded values may hold `&`, `=`, `?` or `@`, and only an encoding that
+    quotes them keeps two different requests from sharing a key (JSON of strings is
+    injective). Sorted, so the order of the parameters does not matter; duplicates are kept
+    (`?a=1&a=1` is not `?a=1`)."""
     state = request.scope.get("state", {})
-    query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "min_block")
-    encoded = "&".join(f"{k}={v}" for k, v in query)
-    return f"{request.url.path}?{encoded}@{state.get('cache_version', 'none')}"
+    query = sorted(kv for kv in request.query_params.multi_items() if kv[0] != "min_block")
+    parts = (request.url.path, query, state.get("cache_version", "none"))
+    try:
+        return _encode(parts).decode()
+    except UnicodeEncodeError:
+        # A lone surrogate (no server decodes one into a path or query, but a key builder
+        # must not fail): ASCII-escaped JSON, behind a prefix no msgspec key starts with.
+        return "~" + json.dumps(parts)
 
 
 class FailSoftStore(Store):

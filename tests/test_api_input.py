@@ -9,12 +9,15 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar import Request
 
+from api.cache import cache_key
 from tests.conftest import TEST_JWT_SECRET
 from tests.test_api_writes import bearer, token
 
@@ -90,6 +93,16 @@ def _request(path: str, query: str, version: str = "9:abcd:0") -> Request[Any, A
     return Request(scope)
 
 
+def test_cache_keys_of_escaped_separators_differ() -> None:
+    escaped = cache_key(_request("/transfers", "cursor=X%3D%3D%26limit%3D5"))
+    plain = cache_key(_request("/transfers", "cursor=X==&limit=5"))
+    assert escaped != plain
+    # Order is not part of the request's meaning: the same parameters share a key.
+    assert cache_key(_request("/t", "a=1&b=2")) == cache_key(_request("/t", "b=2&a=1"))
+    assert cache_key(_request("/t", "a=1")) != cache_key(_request("/t", "a=1", "10:abcd:0"))
+    assert cache_key(_request("/t", "a=1&min_block=3")) == cache_key(_request("/t", "a=1"))
+
+
 # Few atoms, most of them separators: a naive encoding's collisions are found at once.
 _atoms = st.sampled_from(["", "a", "=", "&", "a=", "=a", "&a", "a&", "=&", "%26", "?", "@", "é"])
 _text = st.lists(_atoms, max_size=3).map("".join) | st.text(
@@ -100,7 +113,35 @@ _requests = st.lists(
 )
 
 
+@settings(max_examples=300, deadline=None)
+@given(requests=_requests)
+def test_no_two_distinct_parameter_multisets_share_a_cache_key(
+    requests: list[tuple[str, list[tuple[str, str]]]],
+) -> None:
+    meaning: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for path, pairs in requests:
+        request = _request("/" + path, urlencode(pairs))
+        # What the route sees: the decoded path and the multiset of decoded parameters.
+        seen = (
+            request.url.path,
+            sorted((k, v) for k, v in request.query_params.multi_items() if k != "min_block"),
+        )
+        assert meaning.setdefault(cache_key(request), seen) == seen
+
+
 _separators = st.text(alphabet="a=&", max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(_separators, max_size=8))
+def test_parameters_that_concatenate_alike_still_have_distinct_keys(parts: list[str]) -> None:
+    """Pairs whose text, joined with `&` and `=`, reads back as other pairs."""
+    pairs = list(zip(parts[0::2], parts[1::2], strict=False))
+    joined = "&".join(f"{k}={v}" for k, v in pairs)
+    resplit = [(k, v) for k, _, v in (p.partition("=") for p in joined.split("&"))]
+    a, b = _request("/t", urlencode(pairs)), _request("/t", urlencode(resplit))
+    same = sorted(a.query_params.multi_items()) == sorted(b.query_params.multi_items())
+    assert (cache_key(a) == cache_key(b)) == same
 
 
 def _claims(**claims: Any) -> str:
