@@ -37,6 +37,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api import idempotency
 from api.auth import jwt_auth
+from api.bodies import BoundedJsonRequest
 from api.cache import CACHE_STORE, CACHE_TTL, cache_key, cache_store
 from api.feed.service import Feed, events
 from api.freshness import (
@@ -270,6 +271,8 @@ def create_app(
             store=CACHE_STORE, key_builder=cache_key, default_expiration=CACHE_TTL
         ),
         request_max_body_size=1024 * 1024,
+        # JSON bodies nested deeper than MAX_BODY_DEPTH are a 400 before anything decodes them.
+        request_class=BoundedJsonRequest,
         # Logging belongs to the process (discograph.logs); Litestar must not reconfigure it.
         logging_config=None,
     )

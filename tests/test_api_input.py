@@ -19,7 +19,7 @@ from litestar import Request
 
 from api.cache import cache_key
 from tests.conftest import TEST_JWT_SECRET
-from tests.test_api_writes import bearer, token
+from tests.test_api_writes import album_body, bearer, new_artist, token
 
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 OWNER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -75,6 +75,28 @@ def production_recursion_limit() -> Iterator[None]:
     deep overflows the C stack instead: a crash of the whole process, not a RecursionError)."""
     with sys_recursion(1000):
         yield
+
+
+@pytest.mark.usefixtures("production_recursion_limit")
+async def test_a_deeply_nested_metadata_is_a_400_naming_metadata(api_client: Any) -> None:
+    artist = bearer(token(await new_artist(api_client)))
+    for route, extra in (("/albums", {}), ("/albums/mint", {"to": OWNER})):
+        for depth in (17, 40, 1_000, 10_000):
+            body = with_metadata(album_body() | extra, nested(depth))
+            response = await api_client.post(route, content=body, headers=artist | JSON)
+            assert_names(response, "metadata")
+        body = with_metadata(album_body() | extra, nested(16))
+        response = await api_client.post(route, content=body, headers=artist | JSON)
+        assert response.status_code < 300, response.text
+    # Any other field nested past the body's limit is named too, and never a 500.
+    deep: Any = []
+    for _ in range(34):
+        deep = [deep]
+    deep_tracks = album_body() | {"tracks": deep}
+    assert_names(await api_client.post("/albums", json=deep_tracks, headers=artist), "tracks")
+    raw = b'{"title": "x", "metadata": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    response = await api_client.post("/albums", content=raw, headers=artist | JSON)
+    assert_names(response, "metadata")
 
 
 def _request(path: str, query: str, version: str = "9:abcd:0") -> Request[Any, Any, Any]:

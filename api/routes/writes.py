@@ -33,6 +33,7 @@ from litestar.status_codes import (
 from api import params
 from api.album_schemas import Album
 from api.auth import Principal
+from api.bodies import json_depth
 from api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from api.idempotency import Work, parse_key, run_once
 from api.routes.albums import assemble_albums
@@ -54,6 +55,7 @@ from discograph.encoding import checksum_address, hex0x_or_none
 T = TypeVar("T")
 UuidPath = Annotated[str, PathParameter(description="UUID")]
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 16  # levels of objects and arrays, the metadata object included
 URI_SCHEMES = ("https://", "http://", "ipfs://", "ar://")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -124,11 +126,14 @@ def clean_address(field: str, value: str) -> bytes:
 
 
 def clean_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """At most MAX_METADATA_BYTES of JSON, and no NUL (Postgres' jsonb refuses it). The body
-    parser already refused anything that is not valid Unicode."""
+    """At most MAX_METADATA_BYTES of JSON nested at most MAX_METADATA_DEPTH levels, and no NUL
+    (Postgres' jsonb refuses it). The body parser already refused anything that is not valid
+    Unicode or nested deeper than the body's limit (`api.bodies`)."""
     encoded = msgspec.json.encode(value)
     if len(encoded) > MAX_METADATA_BYTES:
         raise _bad("metadata", f"is larger than {MAX_METADATA_BYTES} bytes of JSON")
+    if json_depth(encoded) > MAX_METADATA_DEPTH:
+        raise _bad("metadata", f"is nested deeper than {MAX_METADATA_DEPTH} levels")
     if b"\\u0000" in encoded:
         raise _bad("metadata", "must not contain NUL characters")
     return value
@@ -382,6 +387,7 @@ class AlbumWriteController(Controller):
     ) -> Response[bytes]:
         principal = _principal(request)
         data = await strict(request, data)
+        clean_metadata(data.metadata)  # before the body is stored with its idempotency key
 
         async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
             album_id = await _create_album(conn, principal, data)
@@ -434,6 +440,7 @@ class AlbumWriteController(Controller):
     ) -> Response[bytes]:
         principal = _principal(request)
         data = await strict(request, data)
+        clean_metadata(data.metadata)  # before the body is stored with its idempotency key
 
         async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
             album_id = await _create_album(conn, principal, data)
