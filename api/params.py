@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import re
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
+from litestar.datastructures import MultiDict
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
 
@@ -74,36 +77,57 @@ def limit(value: int | None) -> int:
     return value
 
 
-def encode_cursor(key: list[Any]) -> str:
-    """An opaque keyset cursor: the sort key of the last item, JSON in url-safe base64."""
-    return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode().rstrip("=")
+MAX_CURSOR = 256  # characters: the longest cursor issued (owner NFTs) is about 200
+_CURSOR_TEXT = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CURSOR}}}")
 
 
-def decode_cursor(value: str | None, shape: tuple[type, ...]) -> list[Any] | None:
-    """The sort key a cursor carries, checked against the route's key `shape`."""
+def encode_cursor(route: str, key: Sequence[int | str]) -> str:
+    """An opaque keyset cursor: the route's tag and the sort key of the last item, as compact
+    JSON in url-safe base64 without padding. The tag keeps a route from taking another route's
+    cursor of the same shape; a new format gets a new tag."""
+    return base64.urlsafe_b64encode(msgspec.json.encode([route, *key])).decode().rstrip("=")
+
+
+@functools.cache
+def _cursor_decoder(shape: tuple[type, ...]) -> msgspec.json.Decoder[Any]:
+    # Typed: a nested array where a number or string belongs fails at once, never recursing.
+    return msgspec.json.Decoder(tuple.__class_getitem__((str, *shape)))
+
+
+def decode_cursor(value: str | None, route: str, shape: tuple[type, ...]) -> list[Any] | None:
+    """The sort key of a cursor this API issued for `route`, of the route's key `shape`.
+
+    Valid only if it is exactly what `encode_cursor` makes of the key it carries (bounded,
+    url-safe base64 without padding or anything else, compact JSON, this route's tag): any
+    other text, even one a lenient decoder would read as the same key, is a 400."""
     if value is None:
         return None
+    if not _CURSOR_TEXT.fullmatch(value):
+        raise invalid("cursor", "not a cursor this API issued", value)
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        key = msgspec.json.decode(raw)
+        decoded: tuple[Any, ...] = _cursor_decoder(shape).decode(raw)
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise invalid("cursor", "not a cursor this API issued", value) from None
-    if (
-        not isinstance(key, list)
-        or len(key) != len(shape)
-        or not all(
-            isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, shape, strict=True)
-        )
-    ):
+    tag, key = decoded[0], list(decoded[1:])
+    if tag != route:
+        raise invalid("cursor", "not a cursor of this route", value)
+    if any(isinstance(k, bool) for k in key) or encode_cursor(route, key) != value:
         raise invalid("cursor", "not a cursor this API issued", value)
     return key
 
 
-def reject_unknown(query: Iterable[str], allowed: Collection[str]) -> None:
-    """A 400 naming the first query parameter (of `request.query_params`) not in `allowed`."""
-    for name in query:
+def reject_unknown(query: MultiDict[Any], allowed: Collection[str]) -> None:
+    """A 400 naming the first query parameter (of `request.query_params`) not in `allowed`, or
+    given twice: each parameter is one value, and which of two a route would read is not a
+    guess a client should depend on (nor the response cache, whose key sorts them)."""
+    seen: set[str] = set()
+    for name, _ in query.multi_items():
         # `min_block` (read-your-writes wait) is valid on every read route.
         if name not in allowed and name != "min_block":
             raise invalid(
                 name[:100], f"unknown query parameter (allowed: {', '.join(sorted(allowed))})"
             )
+        if name in seen:
+            raise invalid(name[:100], "given more than once")
+        seen.add(name)

@@ -190,12 +190,12 @@ async def test_bad_album_requests_are_400s_naming_the_parameter(
     cursors = [
         "garbage!",
         "e30",  # {}
-        encode_cursor(["a", "b"]),
-        encode_cursor([1, "not-a-uuid"]),
-        encode_cursor([10**30, str(uuid.uuid4())]),
-        encode_cursor([-(10**30), str(uuid.uuid4())]),
-        encode_cursor([True, str(uuid.uuid4())]),
-        encode_cursor([1]),
+        encode_cursor("albums", ["a", "b"]),
+        encode_cursor("albums", [1, "not-a-uuid"]),
+        encode_cursor("albums", [10**30, str(uuid.uuid4())]),
+        encode_cursor("albums", [-(10**30), str(uuid.uuid4())]),
+        encode_cursor("albums", [True, str(uuid.uuid4())]),
+        encode_cursor("albums", [1]),
     ]
     cases: list[tuple[str, str]] = [
         ("/albums/not-a-uuid", "album_id"),

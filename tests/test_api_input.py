@@ -78,6 +78,15 @@ def production_recursion_limit() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("production_recursion_limit")
+async def test_a_deeply_nested_cursor_is_a_400_on_every_paginated_route(api_client: Any) -> None:
+    artist = await new_artist(api_client)
+    for raw in (b"[" * 1000, b"[" * 10_000, b'{"a":' * 2000):
+        for route in paginated_routes(artist):
+            response = await api_client.get(route, params={"cursor": _b64(raw)})
+            assert_names(response, "cursor")
+
+
+@pytest.mark.usefixtures("production_recursion_limit")
 async def test_a_deeply_nested_metadata_is_a_400_naming_metadata(api_client: Any) -> None:
     artist = bearer(token(await new_artist(api_client)))
     for route, extra in (("/albums", {}), ("/albums/mint", {"to": OWNER})):
@@ -97,6 +106,45 @@ async def test_a_deeply_nested_metadata_is_a_400_naming_metadata(api_client: Any
     raw = b'{"title": "x", "metadata": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
     response = await api_client.post("/albums", content=raw, headers=artist | JSON)
     assert_names(response, "metadata")
+
+
+async def test_only_a_cursor_the_api_issued_for_that_route_is_accepted(api_client: Any) -> None:
+    artist = await new_artist(api_client)
+    auth = bearer(token(artist))
+    for title in ("One", "Two", "Three"):
+        assert (await api_client.post("/albums", json=album_body(title), headers=auth)).is_success
+    first = await api_client.get("/albums", params={"limit": 1})
+    issued = first.json()["next_cursor"]
+    assert issued
+    good = await api_client.get("/albums", params={"limit": 1, "cursor": issued})
+    assert good.status_code == 200, good.text
+    last = issued[-1]
+    other_last = "A" if last != "A" else "B"
+    tampered = [
+        issued + "!!!!",
+        issued + " * *",
+        issued + "=",
+        issued + "==",
+        " " + issued,
+        issued + "\n",
+        issued[:-1] + other_last,  # the same bytes with other padding bits, or other bytes
+        issued + "A",
+        issued * 20,
+        "",
+        "A" * 5000,
+        _b64(b'[1, "x"]'),
+    ]
+    for cursor in tampered:
+        response = await api_client.get("/albums", params={"limit": 1, "cursor": cursor})
+        assert_names(response, "cursor")
+    # Another route's cursor, though it has the same shape, is not this route's.
+    response = await api_client.get(f"/artists/{artist}/albums", params={"cursor": issued})
+    assert_names(response, "cursor")
+
+
+async def test_a_cursor_from_the_issue_report_is_refused(api_client: Any) -> None:
+    for cursor in ("WzIyNCwwXQ!!!!", "WzIyNCwwXQ * *", "WzIyNCwwXQ==", "WzIyNCwwXQ"):
+        assert_names(await api_client.get("/transfers", params={"cursor": cursor}), "cursor")
 
 
 def _request(path: str, query: str, version: str = "9:abcd:0") -> Request[Any, Any, Any]:
@@ -304,3 +352,58 @@ def malformed_reads(artist: str, album: str) -> list[tuple[str, str]]:
     ]
     reads += [(method, route) for route in lists + ones for method in ("PUT", "DELETE", "PATCH")]
     return reads
+
+
+async def test_hundreds_of_malformed_requests_are_json_4xx_without_an_error_log(
+    api_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    artist = await new_artist(api_client)
+    auth = bearer(token(artist))
+    created = await api_client.post("/albums", json=album_body(), headers=auth)
+    album = created.json()["id"]
+    # Minted already: an empty (valid) mint body is a 409 too.
+    minted = await api_client.post(f"/albums/{album}/mint", json={"to": OWNER}, headers=auth)
+    assert minted.status_code == 202, minted.text
+    bodies: list[bytes] = [
+        b"",
+        b"null",
+        b"[]",
+        b'"x"',
+        b"{",
+        b"{]",
+        b"\xff\xfe",
+        b"[" * 10_000,
+        b'{"title":' + b"[" * 10_000,
+        with_metadata(album_body(), nested(1_000)),
+        with_metadata(album_body(), b'"not an object"'),
+        with_metadata(album_body(), b"[1,2]"),
+        json.dumps(album_body() | {"title": 5}).encode(),
+        json.dumps(album_body() | {"tracks": "none"}).encode(),
+        json.dumps(album_body() | {"tracks": [{"title": "t", "duration_s": "3"}]}).encode(),
+        json.dumps(album_body() | {"unknown": 1}).encode(),
+        json.dumps(album_body() | {"metadata": {"x": "a" * 20_000}}).encode(),
+        json.dumps(album_body() | {"artist_id": "nope"}).encode(),
+    ]
+    writes = [
+        ("POST", route, body)
+        for route in ("/albums", "/albums/mint", f"/albums/{album}/mint", "/artists")
+        for body in bodies
+    ]
+    requests: list[tuple[str, str, bytes | None]] = [
+        (m, u, None) for m, u in malformed_reads(artist, album)
+    ] + writes
+    assert len(requests) >= 200
+    caplog.set_level("ERROR")
+    with sys_recursion(1000):
+        for method, url, body in requests:
+            headers = auth | JSON if body is not None else {}
+            response = await api_client.request(method, url, content=body, headers=headers)
+            assert 400 <= response.status_code < 500, (
+                method,
+                url,
+                body and body[:60],
+                response.text,
+            )
+            assert response.json()["status_code"] == response.status_code, (method, url)
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]

@@ -25,6 +25,7 @@ from discograph.encoding import checksum_address, hex0x
 LIST_PARAMS = frozenset({"limit", "cursor", "status"})
 ARTIST_LIST_PARAMS = frozenset({"limit", "cursor"})
 ONE_PARAMS: frozenset[str] = frozenset()
+ALBUMS, ARTIST_ALBUMS = "albums", "artist-albums"  # cursor tags: a list takes only its own
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -37,13 +38,13 @@ StatusParam = Parameter(description="Only albums in this status")
 UuidParam = Parameter(description="UUID")
 
 
-def _cursor_of(row: asyncpg.Record) -> str:
+def _cursor_of(row: asyncpg.Record, route: str) -> str:
     micros = (row["created_at"] - _EPOCH) // _MICROSECOND
-    return params.encode_cursor([micros, str(row["id"])])
+    return params.encode_cursor(route, [micros, str(row["id"])])
 
 
-def _decode_album_cursor(value: str | None) -> tuple[datetime, uuid.UUID] | None:
-    key = params.decode_cursor(value, (int, str))
+def _decode_album_cursor(value: str | None, route: str) -> tuple[datetime, uuid.UUID] | None:
+    key = params.decode_cursor(value, route, (int, str))
     if key is None:
         return None
     try:
@@ -108,7 +109,8 @@ async def _page(
     artist_id: uuid.UUID | None = None,
 ) -> AlbumPage:
     size = params.limit(limit)
-    after = _decode_album_cursor(cursor)
+    route = ALBUMS if artist_id is None else ARTIST_ALBUMS
+    after = _decode_album_cursor(cursor, route)
     async with request.app.state.read_pool.acquire() as conn:
         if artist_id is not None and not await catalog_reads.artist_exists(conn, artist_id):
             raise NotFoundException(detail=f"artist {artist_id} not found")
@@ -119,7 +121,7 @@ async def _page(
         more = len(rows) > size
         rows = rows[:size]
         items = await assemble_albums(conn, rows, request.state.chain_view)
-    return AlbumPage(items=items, next_cursor=_cursor_of(rows[-1]) if more else None)
+    return AlbumPage(items=items, next_cursor=_cursor_of(rows[-1], route) if more else None)
 
 
 async def _album_row(

@@ -30,6 +30,13 @@ FINALITIES = ("latest", "safe", "finalized")
 COMMON = frozenset({"min_block"})
 PAGE = COMMON | {"limit", "cursor"}
 OWNERSHIP = COMMON | {"at_block", "finality"}
+# Cursor tags: each list takes only the cursors it issued.
+TRANSFERS, NFT_TRANSFERS, OWNER_NFTS, HOLDERS = (
+    "transfers",
+    "nft-transfers",
+    "owner-nfts",
+    "holders",
+)
 
 ContractPath = Annotated[
     str, PathParameter(description="Contract address: 0x hex, one case or EIP-55 checksummed")
@@ -153,8 +160,8 @@ def _transfer(row: asyncpg.Record, finality: Callable[[int], Finality]) -> Trans
     )
 
 
-def _transfer_cursor(cursor: str | None) -> tuple[int, int] | None:
-    key = params.decode_cursor(cursor, (int, int))
+def _transfer_cursor(cursor: str | None, route: str) -> tuple[int, int] | None:
+    key = params.decode_cursor(cursor, route, (int, int))
     if key is None:
         return None
     if not (0 <= key[0] <= BIGINT_MAX and 0 <= key[1] < 2**31):
@@ -162,12 +169,12 @@ def _transfer_cursor(cursor: str | None) -> tuple[int, int] | None:
     return int(key[0]), int(key[1])
 
 
-def _transfer_page(rows: list[asyncpg.Record], limit: int, view: Any) -> TransferPage:
+def _transfer_page(rows: list[asyncpg.Record], limit: int, view: Any, route: str) -> TransferPage:
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = params.encode_cursor(
-            [int(rows[-1]["block_number"]), int(rows[-1]["log_index"])]
+            route, [int(rows[-1]["block_number"]), int(rows[-1]["log_index"])]
         )
     finality = finality_rule(view)
     return TransferPage(items=[_transfer(r, finality) for r in rows], next_cursor=next_cursor)
@@ -200,7 +207,7 @@ class NftController(Controller):
         at_block: AtBlock = None,
         finality: FinalityParam = None,
     ) -> Nft:
-        params.reject_unknown(request.query_params.keys(), OWNERSHIP)
+        params.reject_unknown(request.query_params, OWNERSHIP)
         where = params.address("contract", contract)
         token = str(params.token_id("token_id", token_id))
         as_of = _as_of(request, at_block, finality)
@@ -225,18 +232,18 @@ class NftController(Controller):
         limit: Limit = None,
         cursor: Cursor = None,
     ) -> TransferPage:
-        params.reject_unknown(request.query_params.keys(), PAGE)
+        params.reject_unknown(request.query_params, PAGE)
         where = params.address("contract", contract)
         token = str(params.token_id("token_id", token_id))
         size = params.limit(limit)
-        before = _transfer_cursor(cursor)
+        before = _transfer_cursor(cursor, NFT_TRANSFERS)
         chain_id = _chain_id(request)
         if chain_id is None:
             return TransferPage(items=[], next_cursor=None)
         rows = await chain_reads.token_transfers(
             request.app.state.read_pool, chain_id, where, token, before=before, limit=size + 1
         )
-        return _transfer_page(rows, size, request.state.chain_view)
+        return _transfer_page(rows, size, request.state.chain_view, NFT_TRANSFERS)
 
 
 class OwnerController(Controller):
@@ -257,10 +264,10 @@ class OwnerController(Controller):
         at_block: AtBlock = None,
         finality: FinalityParam = None,
     ) -> NftPage:
-        params.reject_unknown(request.query_params.keys(), PAGE | OWNERSHIP)
+        params.reject_unknown(request.query_params, PAGE | OWNERSHIP)
         owner = params.address("address", address)
         size = params.limit(limit)
-        key = params.decode_cursor(cursor, (str, str))
+        key = params.decode_cursor(cursor, OWNER_NFTS, (str, str))
         after = None
         if key is not None:
             if not key[1].isdigit() or not key[1].isascii() or len(key[1]) > 78:
@@ -282,7 +289,7 @@ class OwnerController(Controller):
         if len(rows) > size:
             rows = rows[:size]
             next_cursor = params.encode_cursor(
-                [bytes(rows[-1]["contract"]).hex(), str(rows[-1]["token_id"])]
+                OWNER_NFTS, [bytes(rows[-1]["contract"]).hex(), str(rows[-1]["token_id"])]
             )
         rule = finality_rule(request.state.chain_view)
         return NftPage(items=[_nft(r, chain_id, rule) for r in rows], next_cursor=next_cursor)
@@ -308,7 +315,7 @@ class TransferController(Controller):
         cursor: Cursor = None,
     ) -> TransferPage:
         params.reject_unknown(
-            request.query_params.keys(),
+            request.query_params,
             PAGE | {"contract", "address", "token_id", "from_block", "to_block"},
         )
         where = params.address("contract", contract) if contract is not None else None
@@ -321,7 +328,7 @@ class TransferController(Controller):
         _block("from_block", from_block)
         _block("to_block", to_block)
         size = params.limit(limit)
-        before = _transfer_cursor(cursor)
+        before = _transfer_cursor(cursor, TRANSFERS)
         chain_id = _chain_id(request)
         if chain_id is None:
             return TransferPage(items=[], next_cursor=None)
@@ -336,7 +343,7 @@ class TransferController(Controller):
             before=before,
             limit=size + 1,
         )
-        return _transfer_page(rows, size, request.state.chain_view)
+        return _transfer_page(rows, size, request.state.chain_view, TRANSFERS)
 
 
 class HolderController(Controller):
@@ -357,12 +364,12 @@ class HolderController(Controller):
         at_block: AtBlock = None,
         finality: FinalityParam = None,
     ) -> HolderPage:
-        params.reject_unknown(request.query_params.keys(), PAGE | OWNERSHIP)
+        params.reject_unknown(request.query_params, PAGE | OWNERSHIP)
         where = params.address("contract", contract)
         size = params.limit(limit)
         # Counts change while a client pages, and they are the sort key: the cursor pins the
         # block the walk started at, so every page reads the same snapshot (no skip, no repeat).
-        key = params.decode_cursor(cursor, (int, str, int))
+        key = params.decode_cursor(cursor, HOLDERS, (int, str, int))
         after = None
         as_of = _as_of(request, at_block, finality)
         if key is not None:
@@ -392,7 +399,7 @@ class HolderController(Controller):
         if len(rows) > size:
             rows = rows[:size]
             next_cursor = params.encode_cursor(
-                [int(rows[-1]["count"]), bytes(rows[-1]["owner"]).hex(), int(snapshot)]
+                HOLDERS, [int(rows[-1]["count"]), bytes(rows[-1]["owner"]).hex(), int(snapshot)]
             )
         return HolderPage(
             items=[
