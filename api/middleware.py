@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import asyncpg
+from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
@@ -24,18 +25,20 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api import params
+from api.state import UNSTAMPED
 from db.engine import DB_ERRORS
 
 MIN_BLOCK_WAIT = 5.0  # seconds a `?min_block` read may wait for the indexer
 
 
 def _min_block(scope: Scope) -> int | None:
-    query = scope.get("query_string", b"").decode("latin-1")
-    for part in query.split("&"):
-        name, _, value = part.partition("=")
-        if name == "min_block":
-            return params.block_number("min_block", value)
-    return None
+    """`?min_block`, parsed as the routes parse their parameters (percent-decoded, once)."""
+    values = ASGIConnection[Any, Any, Any, Any](scope).query_params.getall("min_block", [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise params.invalid("min_block", "given more than once")
+    return params.block_number("min_block", values[0])
 
 
 def version_of(view: asyncpg.Record | None) -> str:
@@ -70,21 +73,20 @@ async def _checkpoint(app_state: Any) -> asyncpg.Record | None:
 class ChainVersionMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
     # Probes, metrics and the schema do not read chain data.
-    should_bypass_for_scope = staticmethod(
-        lambda scope: scope["path"].startswith(("/health", "/metrics", "/schema"))
-    )
+    should_bypass_for_scope = staticmethod(lambda scope: scope["path"].startswith(UNSTAMPED))
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         app_state = scope["app"].state
-        wanted = _min_block(scope)
         view = await _checkpoint(app_state)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["indexed_block"] = _block(view)  # a bad `min_block` is answered with it too
+        wanted = _min_block(scope)
         if wanted is not None and _block(view) < wanted:
             # Woken by the indexer's commit notifications; the checkpoint row decides.
             deadline = time.monotonic() + MIN_BLOCK_WAIT
             while _block(view) < wanted and time.monotonic() < deadline:
                 await app_state.indexed.wait_for(wanted, min(0.1, deadline - time.monotonic()))
                 view = await _checkpoint(app_state)
-        state: dict[str, Any] = scope.setdefault("state", {})
         state["chain_view"] = view
         state["indexed_block"] = _block(view)
         state["cache_version"] = version_of(view)

@@ -10,6 +10,7 @@ from litestar.types import Message, Scope
 from litestar.utils.scope.state import ScopeState
 
 from api.schemas import Finality
+from db.engine import DB_ERRORS
 
 INDEXED_HEADER = "X-Indexed-Block"
 CACHE_HEADER = "X-Cache"
@@ -38,6 +39,24 @@ def finality_of(block: int, view: Any) -> Finality:
     return finality_rule(view)(block)
 
 
+# Probes, metrics and the schema read no chain data (and a liveness probe must not need the
+# database): their answers carry no X-Indexed-Block.
+UNSTAMPED = ("/health", "/metrics", "/schema")
+
+
+async def _indexed_block(scope: Scope) -> int | None:
+    """The indexed block, for answers that no route read: Litestar answers an unknown path
+    (404) or method (405) before any middleware runs. None when it cannot be read."""
+    checkpoints = getattr(scope["app"].state, "checkpoints", None)
+    if checkpoints is None or scope["path"].startswith(UNSTAMPED):
+        return None
+    try:
+        view = await checkpoints.read()
+    except DB_ERRORS:
+        return None
+    return int(view["block_number"]) if view is not None else -1
+
+
 async def add_read_headers(message: Message, scope: Scope) -> None:
     """before_send hook: stamp the indexed block the answer was read at (errors included),
     and whether it came from the response cache."""
@@ -45,6 +64,8 @@ async def add_read_headers(message: Message, scope: Scope) -> None:
         return
     headers = MutableScopeHeaders.from_message(message)
     block = scope.get("state", {}).get("indexed_block")
+    if block is None:
+        block = await _indexed_block(scope)
     if block is not None:
         headers[INDEXED_HEADER] = str(block)
     if ScopeState.from_scope(scope).is_cached is True:

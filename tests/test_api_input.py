@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 import jwt
 import pytest
 from hypothesis import given, settings
@@ -407,3 +408,48 @@ async def test_hundreds_of_malformed_requests_are_json_4xx_without_an_error_log(
             assert response.json()["status_code"] == response.status_code, (method, url)
     errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def _indexed_at(database_url: str, block: int) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO checkpoints (chain_id, block_number, block_hash)"
+            " VALUES (31337, $1, decode(repeat('33', 32), 'hex'))",
+            block,
+        )
+    finally:
+        await conn.close()
+
+
+async def test_min_block_is_parsed_like_every_other_parameter(
+    api_client: Any, database_url: str
+) -> None:
+    await _indexed_at(database_url, 5)
+    encoded = await api_client.get("/transfers?min_block=%35")  # 5, percent-encoded
+    assert encoded.status_code == 200, encoded.text
+    for query in (
+        "min_block=1&min_block=abc",
+        "min_block=abc&min_block=1",
+        "min_block=1&min_block=1",
+    ):
+        response = await api_client.get(f"/transfers?{query}")
+        assert_names(response, "min_block")
+        assert response.headers["x-indexed-block"] == "5"
+
+
+async def test_error_answers_carry_x_indexed_block(api_client: Any, database_url: str) -> None:
+    await _indexed_at(database_url, 7)
+    answers = [
+        await api_client.get("/transfers?min_block=abc"),
+        await api_client.get("/no/such/route"),
+        await api_client.put("/transfers"),
+        await api_client.delete(f"/nfts/{CONTRACT}/1"),
+        await api_client.get("/transfers?limit=0"),
+    ]
+    for response in answers:
+        assert 400 <= response.status_code < 500
+        assert response.json()["status_code"] == response.status_code
+        assert response.headers.get("x-indexed-block") == "7", (response.status_code, response.text)
+    live = await api_client.get("/health/live")
+    assert "x-indexed-block" not in live.headers
