@@ -453,3 +453,26 @@ async def test_error_answers_carry_x_indexed_block(api_client: Any, database_url
         assert response.headers.get("x-indexed-block") == "7", (response.status_code, response.text)
     live = await api_client.get("/health/live")
     assert "x-indexed-block" not in live.headers
+
+
+async def test_head_on_read_routes_answers_like_get_without_a_body(
+    api_client: Any, database_url: str
+) -> None:
+    await _indexed_at(database_url, 3)
+    artist = await new_artist(api_client)
+    created = await api_client.post("/albums", json=album_body(), headers=bearer(token(artist)))
+    album = created.json()["id"]
+    routes = [
+        *paginated_routes(artist),
+        f"/nfts/{CONTRACT}/1",
+        f"/albums/{album}",
+        f"/albums/{album}/metadata.json",
+    ]
+    for route in routes:
+        got = await api_client.get(route)
+        head = await api_client.head(route)
+        assert head.status_code == got.status_code, (route, head.status_code)
+        assert head.content == b""
+        assert head.headers["x-indexed-block"] == "3"
+    # HEAD skips Litestar's JWT middleware: no write route answers it.
+    assert (await api_client.head(f"/mints/{album}")).status_code == 405

@@ -11,12 +11,13 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, Request
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
 
 from api import params
 from api.album_schemas import Album, AlbumNft, AlbumPage, AlbumStatus, ArtistRef, Track
+from api.routes import read
 from api.state import finality_of
 from api.write_schemas import AlbumMetadata, TrackMetadata
 from db import catalog_reads
@@ -140,7 +141,7 @@ class AlbumController(Controller):
     path = "/albums"
     tags = ["albums"]
 
-    @get(
+    @read(
         "/",
         summary="Albums, newest first, with artist, tracks and the NFT that carries each",
         raises=[ValidationException],
@@ -155,7 +156,7 @@ class AlbumController(Controller):
         params.reject_unknown(request.query_params, LIST_PARAMS)
         return await _page(request, limit=limit, cursor=cursor, status=status)
 
-    @get(
+    @read(
         "/{album_id:str}",
         summary="One album with artist, tracks and the NFT that carries it",
         raises=[ValidationException, NotFoundException],
@@ -176,7 +177,7 @@ class ArtistAlbumsController(Controller):
     path = "/artists"
     tags = ["albums"]
 
-    @get(
+    @read(
         "/{artist_id:str}/albums",
         summary="An artist's albums, newest first",
         raises=[ValidationException, NotFoundException],
@@ -197,7 +198,7 @@ class AlbumMetadataController(Controller):
     path = "/albums"
     tags = ["albums"]
 
-    @get(
+    @read(
         "/{album_id:str}/metadata.json",
         summary="ERC-721 metadata JSON of an album (the default token URI of its NFT)",
         raises=[ValidationException, NotFoundException],

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import asyncpg
-from litestar import Controller, Request, get
+from litestar import Controller, Request
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
 from api import params
 from api.nft_schemas import Holder, HolderPage, LastTransfer, Nft, NftPage, Transfer, TransferPage
+from api.routes import read
 from api.schemas import Finality
 from api.state import finality_rule
 from db import chain_reads
@@ -194,7 +195,7 @@ class NftController(Controller):
     path = "/nfts"
     tags = ["nfts"]
 
-    @get(
+    @read(
         "/{contract:str}/{token_id:str}",
         cache=True,
         summary="One NFT: owner, album, token URI, mint and last transfer, with provenance",
@@ -219,7 +220,7 @@ class NftController(Controller):
             raise NotFoundException(detail=f"no token {token} of {contract} (yet)")
         return _nft(row, chain_id, finality_rule(request.state.chain_view))
 
-    @get(
+    @read(
         "/{contract:str}/{token_id:str}/transfers",
         cache=True,
         summary="Transfer history of one NFT, newest first (keyset pagination)",
@@ -250,7 +251,7 @@ class OwnerController(Controller):
     path = "/owners"
     tags = ["nfts"]
 
-    @get(
+    @read(
         "/{address:str}/nfts",
         cache=True,
         summary="NFTs held by an address, by (contract, token id) (keyset pagination)",
@@ -299,7 +300,7 @@ class TransferController(Controller):
     path = "/transfers"
     tags = ["transfers"]
 
-    @get(
+    @read(
         cache=True,
         summary="Transfers newest first; filters contract, address (either side), token id, blocks",
     )
@@ -350,7 +351,7 @@ class HolderController(Controller):
     path = "/contracts"
     tags = ["nfts"]
 
-    @get(
+    @read(
         "/{contract:str}/holders",
         cache=True,
         summary="Holders of a contract with their token count, most first (keyset pagination)",
