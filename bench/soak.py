@@ -258,7 +258,9 @@ class Soak:
         return "/albums?limit=20"
 
     async def reads_loop(self) -> None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        # Idle connections are dropped after 2 s, before the server's 5 s keep-alive timeout:
+        # a request on a connection the server is closing would fail on the client's side.
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=2)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             tasks: set[asyncio.Task[None]] = set()
             interval = 1 / self.args.read_rate
