@@ -18,7 +18,8 @@ def _services() -> dict[str, Any]:
     return services
 
 
-def test_compose_file_is_accepted_by_docker_compose() -> None:
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    """`docker compose -f docker-compose.yml <args>`; skips the test without the Compose plugin."""
     try:
         probe = subprocess.run(
             ["docker", "compose", "version"],
@@ -32,15 +33,18 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
     if probe.returncode != 0:
         reason = (probe.stderr or probe.stdout).strip().splitlines()[:1]
         pytest.skip(f"docker compose plugin not installed: {' '.join(reason)}")
-
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+    return subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         cwd=ROOT,
     )
+
+
+def test_compose_file_is_accepted_by_docker_compose() -> None:
+    result = docker_compose("config", "-q")
     assert result.returncode == 0, result.stderr
 
 

@@ -329,23 +329,9 @@ def test_prometheus_scrapes_every_service_where_it_listens() -> None:
 
 
 def test_docker_compose_accepts_the_stack_with_monitoring() -> None:
-    try:
-        probe = subprocess.run(
-            ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
-        )
-    except FileNotFoundError as exc:
-        pytest.skip(f"docker compose plugin not installed: {exc}")
-    if probe.returncode != 0:
-        reason = (probe.stderr or probe.stdout).strip().splitlines()[:1]
-        pytest.skip(f"docker compose plugin not installed: {' '.join(reason)}")
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--services"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO_ROOT,
-    )
+    from tests.test_compose import docker_compose
+
+    result = docker_compose("config", "--services")
     assert result.returncode == 0, result.stderr
     assert {"prometheus", "grafana"} <= set(result.stdout.split())
 
