@@ -208,15 +208,19 @@ def create_app(
             app.state.indexed = ReplicaIndexedBlock(database_url, replica_url)
         app.state.checkpoints = CheckpointReads(checkpoint_conn.fetch)
         await app.state.indexed.start()
-        pruning = asyncio.create_task(_prune_idempotency_keys(app.state.pool))
+        background = [
+            asyncio.create_task(_prune_idempotency_keys(app.state.pool)),
+            asyncio.create_task(status.refresh_audit_gauges(app.state.read_pool)),
+        ]
         await feed.start(app.state.pool)
         try:
             yield
         finally:
             await feed.stop()
-            pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await app.state.indexed.stop()
             await checkpoint_conn.close()
             await primary_conn.close()

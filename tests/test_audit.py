@@ -228,3 +228,43 @@ async def test_an_unreachable_node_exits_3_and_records_nothing(database_url: str
         assert await conn.fetchval("SELECT count(*) FROM audit_runs") == 0
     finally:
         await conn.close()
+
+
+async def test_every_api_process_exports_the_last_audit_without_being_asked_for_status(
+    database_url: str,
+) -> None:
+    """The stale-audit alert reads the gauges: they must not wait for a `/status` request."""
+    from datetime import UTC, datetime
+
+    import asyncpg
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+    from api.routes import status
+    from db.audits import AuditRun, record_run
+    from discograph.settings import load_settings
+    from tests.conftest import api_env
+
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await record_run(conn, AuditRun(31337, at, 100, b"\x01" * 32, 42, 3, {"owner": 3}, 1.5))
+    finally:
+        await conn.close()
+    status.AUDIT_LAST_RUN.set(0)
+    status.AUDIT_DIFFERENCES.set(0)
+    settings = load_settings(api_env(database_url), env_file=None)
+    async with AsyncTestClient(app=create_app(settings, database_url)) as client:
+
+        def gauge(text: str, name: str) -> float:
+            (line,) = [x for x in text.splitlines() if x.startswith(f"{name} ")]
+            return float(line.split()[1])
+
+        for _ in range(50):
+            metrics = (await client.get("/metrics")).text
+            if gauge(metrics, "discograph_audit_last_run_timestamp_seconds") == at.timestamp():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the audit gauges were not refreshed at start-up")
+        assert gauge(metrics, "discograph_audit_differences") == 3

@@ -1,20 +1,25 @@
 """`GET /status`: where the indexer stands (what the API answers from), and the last audit.
 
 The last audit's figures are also Prometheus gauges on the API's `/metrics` (names fixed: the
-dashboards and alerts of `deploy/` use them). They are set from the row `/status` reads, so they
-cost the NFT read paths nothing; a process that has not answered `/status` yet exports 0.
+dashboards and alerts of `deploy/` use them). They are set from the row `/status` reads, and
+every 30 s by each API process (`refresh_audit_gauges`), so they are current whether or not
+anyone asks `/status`; the NFT read paths pay nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from litestar import Controller, Request, get
 from prometheus_client import Gauge
 
 from api.schemas import ContractInfo, LastAudit, LastReorg, Status
 from db.audits import AuditRun, last_run
+from db.engine import DB_ERRORS
 from db.reads import followed_contracts
 from discograph.encoding import checksum_address
 
@@ -43,6 +48,23 @@ def _last_audit(run: AuditRun | None) -> LastAudit | None:
         differences=run.differences,
         seconds=run.seconds,
     )
+
+
+log = logging.getLogger("discograph.api")
+
+
+async def refresh_audit_gauges(pool: asyncpg.Pool, every: float = 30.0) -> None:
+    """Keep the audit gauges current from the newest `audit_runs` row (each API process)."""
+    failing = False
+    while True:
+        try:
+            _last_audit(await last_run(pool))
+            failing = False
+        except DB_ERRORS as exc:
+            if not failing:
+                log.warning("audit gauges not refreshed", extra={"error": repr(exc)[:200]})
+            failing = True
+        await asyncio.sleep(every)
 
 
 class StatusController(Controller):
