@@ -29,6 +29,30 @@ from db.reads import chain_view
 log = logging.getLogger("discograph.api")
 
 
+async def _reconnecting(
+    dsn: str,
+    what: str,
+    retry_every: float,
+    use: Callable[[asyncpg.Connection], Awaitable[None]],
+) -> None:
+    """Run `use` on a connection of its own to `dsn`, on a new one after every database
+    error (logged as `<what> lost, retrying`), until cancelled."""
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(dsn)
+            await use(conn)
+        except asyncio.CancelledError:
+            raise
+        except DB_ERRORS as exc:
+            log.warning("%s lost, retrying", what, extra={"error": repr(exc)})
+            await asyncio.sleep(retry_every)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+
 class IndexedBlock:
     """The latest indexed block this process knows of, and waiting for a given one."""
 
@@ -70,29 +94,19 @@ class IndexedBlock:
         asyncio.get_running_loop().create_task(self._set(block))
 
     async def _follow(self) -> None:
+        await _reconnecting(self.dsn, "indexed-block listener", self.poll, self._follow_on)
+
+    async def _follow_on(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+        except asyncpg.PostgresError as exc:
+            # A read replica cannot LISTEN: polling alone keeps the version moving.
+            log.warning("LISTEN refused, polling only", extra={"error": repr(exc)})
         while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                try:
-                    await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
-                except asyncpg.PostgresError as exc:
-                    # A read replica cannot LISTEN: polling alone keeps the version moving.
-                    log.warning("LISTEN refused, polling only", extra={"error": repr(exc)})
-                while True:
-                    view = await chain_view(conn)
-                    if view is not None:
-                        await self._set(int(view["block_number"]))
-                    await asyncio.sleep(self.poll)
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                log.warning("indexed-block listener lost, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(self.poll)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+            view = await chain_view(conn)
+            if view is not None:
+                await self._set(int(view["block_number"]))
+            await asyncio.sleep(self.poll)
 
     async def wait_for(self, block: int, timeout: float) -> bool:
         """True once the indexed block reaches `block`; False after `timeout` seconds."""
@@ -173,58 +187,38 @@ class ReplicaIndexedBlock(IndexedBlock):
 
     async def _listen(self) -> None:
         """The primary's commits: notifications, and a slow poll for missed ones."""
+        await _reconnecting(
+            self.primary_dsn, "primary checkpoint listener", self.poll, self._listen_on
+        )
+
+    async def _listen_on(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
         while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.primary_dsn)
-                await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
-                while True:
-                    view = await chain_view(conn)
-                    if view is not None:
-                        self._announce(_position(view), polled=True)
-                    await asyncio.sleep(self.poll)
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                log.warning(
-                    "primary checkpoint listener lost, retrying", extra={"error": repr(exc)}
-                )
-                await asyncio.sleep(self.poll)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+            view = await chain_view(conn)
+            if view is not None:
+                self._announce(_position(view), polled=True)
+            await asyncio.sleep(self.poll)
 
     async def _follow(self) -> None:
         """The replica's checkpoint: quickly while it is behind an announced commit, else
         slowly (or at the next announcement)."""
+        await _reconnecting(self.dsn, "replica checkpoint reader", self.poll, self._follow_on)
+
+    async def _follow_on(self, conn: asyncpg.Connection) -> None:
         while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                while True:
-                    self._news.clear()  # news arriving during the read is kept for the wait
-                    view = await chain_view(conn)
-                    if view is not None:
-                        self._replayed = _position(view)
-                        await self._set(int(view["block_number"]))
-                    behind = self._announced is not None and (
-                        self._replayed is None or self._replayed < self._announced
-                    )
-                    if behind and time.monotonic() < self._chase_until:
-                        await asyncio.sleep(self.chase_every)
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._news.wait(), self.poll)
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                log.warning("replica checkpoint reader lost, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(self.poll)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+            self._news.clear()  # news arriving during the read is kept for the wait
+            view = await chain_view(conn)
+            if view is not None:
+                self._replayed = _position(view)
+                await self._set(int(view["block_number"]))
+            behind = self._announced is not None and (
+                self._replayed is None or self._replayed < self._announced
+            )
+            if behind and time.monotonic() < self._chase_until:
+                await asyncio.sleep(self.chase_every)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), self.poll)
 
 
 class CheckpointReads:
